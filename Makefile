@@ -1,0 +1,56 @@
+# Two commands for a fresh machine:
+#   make demo   the main job (for now: the model card of the golden model; see README)
+#   make test   creates .venv, installs everything from nothing, runs all tests (C++ under ctest)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch. Here it installs from local disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+JOBS ?= $(shell nproc)
+# CI must prove the CUDA sources compile wherever nvcc exists; VQRT_CUDA=OFF forces CPU-only.
+HAVE_NVCC := $(if $(shell command -v nvcc 2>/dev/null),ON,OFF)
+CUDA_BUILD ?= $(HAVE_NVCC)
+SHARED ?= ../shared
+
+.PHONY: demo test test-python test-cpp venv clean
+
+$(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q cmake ninja cython setuptools wheel
+	VQRT_CUDA=$(CUDA_BUILD) VQRT_BUILD_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation -e '.[train,test]'
+	mkdir -p build && touch build/.native-stamp $@
+
+venv: $(VENV)/.installed
+
+# Rebuild the extension in place when csrc changed (an editable install does not watch C++ files);
+# setup.py keeps its CMake folder, so this is incremental.
+build/.native-stamp: $(VENV)/.installed $(shell find csrc -type f) CMakeLists.txt
+	VQRT_CUDA=$(CUDA_BUILD) VQRT_BUILD_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test-cpp: venv
+	@for mode in $(CUDA_BUILD) OFF; do \
+	  dir=build/cpp-cuda-$$mode; \
+	  echo "== C++ core, VQRT_CUDA=$$mode ($$dir)"; \
+	  $(VENV)/bin/cmake -S . -B $$dir -G Ninja -DVQRT_CUDA=$$mode >/dev/null || exit 1; \
+	  $(VENV)/bin/cmake --build $$dir -j $(JOBS) || exit 1; \
+	  $(VENV)/bin/ctest --test-dir $$dir --output-on-failure || exit 1; \
+	  [ "$$mode" = OFF ] && break; \
+	done
+
+test-python: build/.native-stamp
+	VQRT_EXPECT_CUDA_BUILD=$(CUDA_BUILD) VQRT_SHARED=$(SHARED) $(PY) -m pytest -q tests
+
+test: test-cpp test-python
+
+demo: venv
+	@echo "== vqrt inspect: the model card of the upstream-format golden checkpoint"
+	$(VENV)/bin/vqrt inspect $(SHARED)/golden/model.ckpt --config $(SHARED)/golden/transformer.yaml
+	@echo
+	@echo "Generating images needs the demo model (issue 3: trainer), the bundle (issue 4: vqrt build)"
+	@echo "and the runtime (issue 5: vqrt generate); megapixel output comes with issue 6."
+
+clean:
+	rm -rf build $(VENV) *.egg-info vqrt/_native*.so

@@ -1,0 +1,44 @@
+# Declarations of the C++ core (csrc/) for csrc/bindings/_native.pyx, one block per header.
+# Functions that throw vqrt::Error (a std::invalid_argument) are declared `except +`, which turns
+# it into ValueError.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libcpp cimport bool
+
+
+cdef extern from "cpu_features.h" namespace "vqrt" nogil:
+    cdef enum class CpuIsa:
+        generic
+        avx2
+        avx512
+
+    CpuIsa cpu_isa_active() except +
+    const char* cpu_isa_name(CpuIsa isa)
+
+
+cdef extern from "philox.h" namespace "vqrt" nogil:
+    cdef struct Philox4x32:
+        uint32_t v[4]
+
+    Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t key0, uint32_t key1)
+    double philox_uniform(uint64_t seed, uint64_t step, uint64_t stream)
+
+
+cdef extern from "sampling.h" namespace "vqrt" nogil:
+    cdef cppclass SamplingParams:
+        int64_t top_k
+        float top_p
+        float temperature
+        bool greedy
+        int num_threads
+
+    # logits [batch, vocab] float32, seeds [batch], out [batch]
+    void sample_logits(const float* logits, int64_t batch, int64_t vocab, const uint64_t* seeds,
+                       uint64_t step, const SamplingParams& params, int64_t* out) except +
+    # logits [batch, vocab] float32, probs [batch, vocab] float64
+    void sampling_probs(const float* logits, int64_t batch, int64_t vocab,
+                        const SamplingParams& params, double* probs) except +
+
+
+cdef extern from "vqrt.h" nogil:
+    int vqrt_built_with_cuda()
+    int vqrt_cuda_device_count()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with an NVIDIA GPU (the device tool's H200 or your own):
+#   scripts/gpu_check.sh OUTDIR
+# builds csrc with CUDA for the local GPU, runs the C++ tests (the GPU twins run instead of
+# skipping) and the Python tests, and writes logs plus results.json to OUTDIR. It needs only
+# what that machine has (python3 with numpy, torch, cmake, nvcc); it installs nothing.
+set -uo pipefail
+out=${1:?usage: scripts/gpu_check.sh OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+
+status_build=0; status_ctest=0; status_pytest=0
+{ cmake -S . -B build/gpu -DVQRT_CUDA=ON -DVQRT_CUDA_ARCHS=native -DVQRT_PYTHON=ON \
+        -DVQRT_PYTHON_OUT_DIR="$PWD/vqrt" -DPython_EXECUTABLE="$(command -v python3)" &&
+  cmake --build build/gpu -j "$(nproc)"; } > "$out/build.log" 2>&1 || status_build=$?
+if [ $status_build -eq 0 ]; then
+  ctest --test-dir build/gpu --output-on-failure > "$out/ctest.log" 2>&1 || status_ctest=$?
+  # The packages import from the source tree through a throwaway stub package (nothing installed):
+  # vqrt.<folder> resolves to the top-level folder, as pyproject's package-dir maps it.
+  site=$(mktemp -d); python3 - "$site" <<'PY'
+import pathlib, sys
+root = pathlib.Path.cwd()
+site = pathlib.Path(sys.argv[1]) / "vqrt"
+site.mkdir()
+(site / "__init__.py").write_text(
+    f"__path__ = [{str(root / 'vqrt')!r}, {str(root)!r}]\n"
+    f"exec(open({str(root / 'vqrt' / '__init__.py')!r}).read())\n")
+PY
+  PYTHONPATH="$site" VQRT_EXPECT_CUDA_BUILD=ON python3 -m pytest -q tests > "$out/pytest.log" 2>&1 || status_pytest=$?
+fi
+python3 - "$out" "$status_build" "$status_ctest" "$status_pytest" "$start" <<'PY'
+import json, pathlib, sys, time
+out, b, c, p, start = sys.argv[1], *map(int, sys.argv[2:6])
+res = {"build": b, "ctest": c, "pytest": p, "seconds": round(time.time() - start, 1),
+       "gpu": pathlib.Path(out, "gpu.txt").read_text().strip()}
+pathlib.Path(out, "results.json").write_text(json.dumps(res, indent=1))
+print(json.dumps(res))
+PY
+[ $status_build -eq 0 ] && [ $status_ctest -eq 0 ] && [ $status_pytest -eq 0 ]

@@ -1,0 +1,3 @@
+from vqrt.cli import main
+
+raise SystemExit(main())
