@@ -269,7 +269,8 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
                            f"({type(error).__name__}: {first_line})")
 
 
-def _torch_load(path: Path) -> Any:
+def _check_torch_file(path: Path) -> None:
+    """Rejects what cannot be a torch.save file from its first bytes, before any config lookup."""
     with open(path, "rb") as f:
         head = f.read(512)
     # torch.save writes a zip archive (PK..) or, before torch 1.6, a protocol-2 pickle (0x80).
@@ -278,6 +279,10 @@ def _torch_load(path: Path) -> Any:
     if head.startswith(b"PK\x03\x04") and _zip_without_pickle(path):
         raise CheckpointError(f"{path}: a zip archive without data.pkl, not a torch.save "
                               "checkpoint")
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load of a file that passed _check_torch_file (done in _locate)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -511,6 +516,8 @@ def _locate(path: Path, config: Optional[PathLike]) -> Tuple[Path, str, Path, st
     else:
         weights = path
     fmt = "vqrt" if weights.suffix == ".safetensors" else "lightning"
+    if fmt == "lightning":
+        _check_torch_file(weights)
     if config is not None:
         return weights, fmt, Path(config), "given"
     if fmt == "vqrt":
