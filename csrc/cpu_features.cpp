@@ -17,6 +17,7 @@ CpuFeatures detect() {
   __builtin_cpu_init();
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
+  f.f16c = __builtin_cpu_supports("f16c");
   f.avx512f = __builtin_cpu_supports("avx512f");
   f.avx512bw = __builtin_cpu_supports("avx512bw");
   f.avx512vl = __builtin_cpu_supports("avx512vl");
@@ -59,9 +60,9 @@ bool cpu_isa_runs(CpuIsa isa) {
     case CpuIsa::generic:
       return true;
     case CpuIsa::avx2:
-      return f.avx2 && f.fma;
+      return f.avx2 && f.fma && f.f16c;
     case CpuIsa::avx512:
-      return f.avx2 && f.fma && f.avx512f;
+      return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl;
   }
   return false;
 }

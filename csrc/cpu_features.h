@@ -9,16 +9,16 @@
 namespace vqrt {
 
 // Levels in increasing order: each one requires the ones below it.
-//   avx2:   AVX2 + FMA
-//   avx512: AVX-512F (plus everything avx2 needs)
+//   avx2:   AVX2 + FMA + F16C (every AVX2 CPU has F16C; the fp16-weight kernels need it)
+//   avx512: AVX-512F, BW and VL (plus everything avx2 needs)
 enum class CpuIsa : int { generic = 0, avx2 = 1, avx512 = 2 };
 
-// What the CPU (and the OS, which must save the wider registers) supports. The BF16 and VNNI
-// flags are not used by any kernel yet; they are detected here so that later kernels dispatch
-// the same way.
+// What the CPU (and the OS, which must save the wider registers) supports. avx512_bf16 selects
+// the vdpbf16ps matrix kernel (csrc/linear.h); avx512_vnni is detected but not used yet.
 struct CpuFeatures {
   bool avx2 = false;
   bool fma = false;
+  bool f16c = false;
   bool avx512f = false;
   bool avx512bw = false;
   bool avx512vl = false;

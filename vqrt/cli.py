@@ -12,9 +12,13 @@ This module imports neither torch nor numpy: commands import what they need when
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import re
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, List, Optional
 
 EXIT_OK = 0
@@ -40,7 +44,38 @@ def _import_trainer(command: str):
     return checkpoints, model_card
 
 
+def _import_train_extra(command: str, module: str):
+    """Imports `module` (which needs the train extra), or explains how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name not in _TRAIN_EXTRA_MODULES + ("onnx",):
+            raise
+        raise CommandError(f"vqrt {command} needs the train extra (missing {e.name}): "
+                           "pip install 'vqrt[train]'") from e
+
+
+def _inspect_bundle(args: argparse.Namespace) -> int:
+    """`vqrt inspect BUNDLE`: the manifest as a card (no torch needed)."""
+    from vqrt.runtime.bundle import BundleError, load_bundle, manifest_json
+    from vqrt.runtime.bundle_card import format_bundle
+    if args.config is not None:
+        raise CommandError(f"{args.path}: a bundle carries its own manifest; --config applies "
+                           "to checkpoints only")
+    try:
+        bundle = load_bundle(args.path)
+    except BundleError as e:
+        raise CommandError(str(e)) from e
+    if args.json:
+        sys.stdout.write(manifest_json(bundle.manifest))
+    else:
+        print(format_bundle(bundle))
+    return EXIT_OK
+
+
 def run_inspect(args: argparse.Namespace) -> int:
+    if (Path(args.path) / "manifest.json").exists():
+        return _inspect_bundle(args)
     checkpoints, model_card = _import_trainer("inspect")
     try:
         loaded = checkpoints.load_checkpoint(args.path, config=args.config)
@@ -54,6 +89,340 @@ def run_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size_option(option: str, text: Optional[str]):
+    """A WxH option in pixels (--max-size, --size) -> (width, height), or None."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
+    if not match:
+        raise CommandError(f"{option} must be WIDTHxHEIGHT in pixels, e.g. 512x256; got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def run_build(args: argparse.Namespace) -> int:
+    build = _import_train_extra("build", "vqrt.export.build")
+    options = build.BuildOptions(precision=args.precision, backend=args.backend,
+                                 max_batch=args.max_batch,
+                                 max_size=_size_option("--max-size", args.max_size),
+                                 allow_drift=args.allow_drift, force=args.force)
+    try:
+        manifest = build.build_bundle(args.checkpoint, args.output, options, config=args.config)
+    except build.BuildError as e:
+        raise CommandError(str(e)) from e
+    total = sum(entry.size for entry in manifest.files)
+    print(f"vqrt build: wrote {args.output} ({len(manifest.files)} files + manifest.json, "
+          f"{total / 1e6:.1f} MB; backends: {', '.join(manifest.backends)})")
+    return EXIT_OK
+
+
+def _add_build_parser(commands) -> None:
+    build = commands.add_parser(
+        "build", help="turn a checkpoint into a bundle the runtime loads",
+        description="Write a bundle: ONNX graphs (encoder, decoder, cond encoder, transformer "
+                    "prefill and step with an in-place KV cache), native transformer weights, "
+                    "TensorRT engines where asked and possible, and manifest.json with a parity "
+                    "report against the torch model. The bundle appears only when complete.")
+    build.add_argument("checkpoint", metavar="CKPT",
+                       help="upstream Lightning .ckpt, or a vqrt checkpoint directory")
+    build.add_argument("--config", metavar="YAML", help="the training config (found as for "
+                                                        "`vqrt inspect` when omitted)")
+    build.add_argument("-o", "--output", required=True, metavar="BUNDLE",
+                       help="bundle directory to create")
+    build.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default="fp32",
+                       help="fp32; fp16 graphs and weights; bf16 native weights and engines "
+                            "(graphs stay fp32); int8 weight-only native weights (default fp32)")
+    build.add_argument("--backend", choices=("auto", "native", "onnxruntime", "tensorrt"),
+                       default="auto", help="what to build for (default auto: native weights "
+                                            "and ONNX graphs, plus TensorRT engines where "
+                                            "TensorRT and a GPU work)")
+    build.add_argument("--max-batch", type=int, default=8, metavar="N",
+                       help="largest batch the runtime accepts (default 8)")
+    build.add_argument("--max-size", metavar="WxH",
+                       help="largest image in pixels, multiples of the downsampling factor "
+                            "(default: the training size)")
+    build.add_argument("--allow-drift", action="store_true",
+                       help="keep the bundle even when the parity report fails")
+    build.add_argument("--force", action="store_true",
+                       help="replace an existing bundle at -o (atomically)")
+    build.set_defaults(run=run_build)
+
+
+def _training_errors(command: str):
+    """The trainer's expected-error types (each a ValueError with a one-line message)."""
+    return tuple(getattr(_import_train_extra(command, module), name) for module, name in (
+        ("vqrt.trainer.checkpoints", "CheckpointError"),
+        ("vqrt.trainer.model_config", "ConfigError"),
+        ("vqrt.trainer.data", "DataError"),
+        ("vqrt.trainer.training", "TrainingError")))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    errors = _training_errors("train")
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "run", "debug", "stage", "resume")}
+    try:
+        if args.stage == "vqgan":
+            stage = _import_train_extra("train", "vqrt.trainer.train_vqgan")
+            run = stage.train_vqgan(given, resume=args.resume)
+        else:
+            stage = _import_train_extra("train", "vqrt.trainer.train_transformer")
+            run = stage.train_transformer(given, resume=args.resume)
+    except errors as e:
+        raise CommandError(str(e)) from e
+    print(f"vqrt train: done; the run is in {run}")
+    return EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    errors = _training_errors("eval")
+    evaluate = _import_train_extra("eval", "vqrt.trainer.evaluate")
+    try:
+        weights = Path(args.perceptual_weights) if args.perceptual_weights else None
+        evaluation = evaluate.evaluate_run(Path(args.run_dir), Path(args.data), args.size,
+                                           args.val_fraction, weights)
+    except errors as e:
+        raise CommandError(str(e)) from e
+    print(json.dumps(evaluation.to_dict(), indent=2) if args.json else evaluation.format())
+    return EXIT_OK
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options both training stages share. Defaults are None: a new run takes the trainer's
+    defaults, a resumed one its stored settings."""
+    parser.add_argument("--out", required=True, metavar="RUN",
+                        help="run folder: checkpoints, metrics.jsonl, samples/")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--data", metavar="DIR", help="image folder (searched recursively)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps")
+    parser.add_argument("--batch-size", type=int, help="images per process and step (default 8)")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--size", type=int, help="training crop side in pixels")
+    parser.add_argument("--seed", type=int, help="seed of weights, data order and crops (0)")
+    parser.add_argument("--val-fraction", type=float,
+                        help="share of files held out, chosen by file-name hash (0.1)")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N", help="steps (1000)")
+    parser.add_argument("--sample-every", type=int, metavar="N",
+                        help="steps between PNG grids and held-out numbers (500)")
+    parser.add_argument("--log-every", type=int, metavar="N",
+                        help="steps between metrics.jsonl lines (10)")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="K",
+                        help="newest checkpoints kept (2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+
+
+def _add_train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train a VQGAN or a transformer",
+        description="Train a first stage (vqgan) or a transformer on its codes. Under "
+                    "`torchrun --nproc_per_node=N -m vqrt train ...` the processes train "
+                    "data-parallel.")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    vqgan = stages.add_parser(
+        "vqgan", help="stage 1: VQGAN, or a segmentation cond stage",
+        description="Train a VQModel (L1 + optional LPIPS + codebook + patch GAN with adaptive "
+                    "weight) or a VQSegmentationModel, as the config's model.target says.")
+    _add_run_options(vqgan)
+    vqgan.add_argument("--config", metavar="YAML",
+                       help="upstream-style config: model.target, model.params (ddconfig, "
+                            "lossconfig), model.base_learning_rate")
+    vqgan.add_argument("--resize", type=int,
+                       help="shorter image side before random cropping (default: --size)")
+    vqgan.add_argument("--n-labels", type=int,
+                       help="segmentation cond stage: number of labels (one-hot channels)")
+    vqgan.add_argument("--restart-dead-codes", type=int, metavar="N",
+                       help="every N steps, move codes no batch chose onto encoder outputs "
+                            "(not upstream; default 0: off)")
+    vqgan.add_argument("--perceptual-weights", metavar="FILE",
+                       help="LPIPS weights (upstream layout, .safetensors or torch file); "
+                            "without them the perceptual term is off")
+    vqgan.set_defaults(run=run_train)
+    transformer = stages.add_parser(
+        "transformer", help="stage 2: a GPT over a trained VQGAN's codes",
+        description="Train a transformer on the codes of a frozen first stage; validation "
+                    "NLL in nats per token and bits per dimension.")
+    _add_run_options(transformer)
+    transformer.add_argument("--first-stage", metavar="RUN", help="a vqgan run (or checkpoint)")
+    transformer.add_argument("--cond", choices=("none", "class", "segmentation", "depth"),
+                             help="conditioning: none, class (sub-folder names), segmentation "
+                                  "(needs --cond-stage), depth")
+    transformer.add_argument("--cond-stage", metavar="RUN",
+                             help="a segmentation vqgan run, for --cond segmentation")
+    transformer.add_argument("--n-layer", type=int, help="transformer layers (4)")
+    transformer.add_argument("--n-head", type=int, help="attention heads (4)")
+    transformer.add_argument("--n-embd", type=int, help="width (256)")
+    transformer.add_argument("--dropout", type=float, help="embedding/residual/attention "
+                                                           "dropout (0.0)")
+    transformer.add_argument("--pkeep", type=float,
+                             help="share of input image tokens kept; the rest are random (1.0)")
+    transformer.add_argument("--warmup-steps", type=int, help="linear warm-up steps (100)")
+    transformer.add_argument("--views", type=int,
+                             help="crops per training image whose codes are cached (4)")
+    transformer.set_defaults(run=run_train)
+
+
+def _add_eval_parser(commands) -> None:
+    evaluate = commands.add_parser(
+        "eval", help="measure a trained model",
+        description="Reconstruction quality on the held-out images of a data folder.")
+    models = evaluate.add_subparsers(dest="model", metavar="MODEL", required=True)
+    vqgan = models.add_parser(
+        "vqgan", help="PSNR, SSIM and codebook usage of a first stage",
+        description="PSNR, SSIM, codebook usage (perplexity, dead codes) on the held-out split "
+                    "(the run's, by file-name hash), center crops at --size.")
+    vqgan.add_argument("run_dir", metavar="RUN", help="a vqgan run or vqrt checkpoint folder")
+    vqgan.add_argument("--data", required=True, metavar="DIR", help="image folder")
+    vqgan.add_argument("--size", type=int,
+                       help="crop side (default: the run's --resize or --size)")
+    vqgan.add_argument("--val-fraction", type=float, help="default: the run's")
+    vqgan.add_argument("--perceptual-weights", metavar="FILE",
+                       help="LPIPS weights (as for vqrt train vqgan): also report LPIPS")
+    vqgan.add_argument("--json", action="store_true", help="print JSON")
+    vqgan.set_defaults(run=run_eval)
+
+
+@contextlib.contextmanager
+def _runtime_errors():
+    """Bundle and request problems (one line each, naming both numbers) as CommandError."""
+    from vqrt.runtime import BundleError, RequestError
+    try:
+        yield
+    except (BundleError, RequestError) as e:
+        raise CommandError(str(e)) from e
+
+
+def _check_suffix(option: str, path: str, allowed) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in allowed:
+        raise CommandError(f"{option} {path}: the file name must end in "
+                           f"{' or '.join(allowed)} (the suffix chooses the format)")
+    return suffix
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from vqrt.runtime import GenerationParams, Generator, image_io
+    _check_suffix("-o", args.output, (".png",))
+    if args.save_tokens:
+        _check_suffix("--save-tokens", args.save_tokens, (".npy",))
+    with _runtime_errors():
+        params = GenerationParams(top_k=args.top_k, top_p=args.top_p,
+                                  temperature=args.temperature, greedy=args.greedy,
+                                  seed=args.seed, size=_size_option("--size", args.size))
+        generator = Generator(args.bundle, backend=args.backend, device=args.device)
+        cond = (image_io.read_cond_map(args.cond, generator.bundle.manifest.conditioning)
+                if args.cond else None)
+        result = generator.generate(class_labels=args.class_labels, cond=cond,
+                                    batch_size=args.batch, params=params)
+        image_io.write_png(args.output, result.images)
+        if args.save_tokens:
+            image_io.write_npy(args.save_tokens, result.tokens)
+    batch, height, width, _ = result.images.shape
+    t = result.timings
+    per_row = result.tokens.shape[1] * result.tokens.shape[2]
+    decoding = t.prefill_s + t.steps_s + t.sampling_s
+    print(f"vqrt generate: wrote {args.output} ({batch} image{'s' if batch > 1 else ''} "
+          f"{width}x{height}{', a grid' if batch > 1 else ''}; backend {result.backend}; "
+          f"{per_row} tokens per row in {decoding:.2f} s, {batch * per_row / decoding:.0f} "
+          f"tokens/s; decoder {t.image_decode_s:.2f} s; seeds {params.seed}.."
+          f"{params.seed + batch - 1})")
+    return EXIT_OK
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from vqrt.runtime import Generator, image_io
+    suffix = _check_suffix("-o", args.output, (".png", ".npy"))
+    with _runtime_errors():
+        tokens = image_io.read_npy(args.tokens)
+        generator = Generator(args.bundle, device=args.device)
+        codes = tokens[None] if tokens.ndim == 2 else tokens  # one [h, w] grid is a batch of 1
+        if suffix == ".npy":
+            image_io.write_npy(args.output, generator.decode_raw(codes))
+        else:
+            image_io.write_png(args.output, generator.decode(codes))
+    print(f"vqrt decode: wrote {args.output}")
+    return EXIT_OK
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from vqrt.runtime import Generator, from_pixels, image_io
+    _check_suffix("--save-tokens", args.save_tokens, (".npy",))
+    with _runtime_errors():
+        if Path(args.input).suffix.lower() == ".npy":
+            images = image_io.read_npy(args.input)
+            images = images[None] if images.ndim == 3 else images  # [3, H, W]: a batch of 1
+        else:
+            images = from_pixels(image_io.read_image(args.input)[None])
+        generator = Generator(args.bundle, device=args.device)
+        tokens = generator.encode(images)
+        image_io.write_npy(args.save_tokens, tokens)
+    print(f"vqrt encode: wrote {args.save_tokens} (int64 {list(tokens.shape)})")
+    return EXIT_OK
+
+
+def _add_runtime_parsers(commands) -> None:
+    devices = dict(choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the ONNX graphs run: auto (CUDA where onnxruntime-gpu works, "
+                        "else the CPU), cpu or cuda (default auto)")
+    generate = commands.add_parser(
+        "generate", help="generate images from a bundle",
+        description="Sample image tokens with the bundle's transformer and decode them. A "
+                    "batch is written as one PNG grid (ceil(sqrt(B)) columns, row-major, no "
+                    "gutter). Row i samples with seed S + i, so a row's tokens are the same "
+                    "alone (with --seed S+i) or inside any batch.")
+    generate.add_argument("bundle", metavar="BUNDLE", help="a bundle directory (vqrt build)")
+    generate.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    generate.add_argument("--class", dest="class_labels", type=int, action="append",
+                          metavar="N", help="class id, once per row (class-conditional "
+                                            "bundles); one id with --batch repeats it")
+    generate.add_argument("--cond", metavar="MAP",
+                          help="condition map: a segmentation label PNG, a depth PNG, an image, "
+                               "or a float32 .npy [B, C, H, W]")
+    generate.add_argument("--batch", type=int, metavar="N",
+                          help="rows (default: one per --class, else 1)")
+    generate.add_argument("--size", metavar="WxH",
+                          help="image size in pixels, multiples of the downsampling factor "
+                               "(default: the training size)")
+    generate.add_argument("--seed", type=int, default=0, help="seed of row 0 (default 0)")
+    generate.add_argument("--top-k", type=int, metavar="K", help="keep the K likeliest codes "
+                                                                 "(default: all)")
+    generate.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                          help="nucleus mass in (0, 1] (default 1: off)")
+    generate.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                          help="> 0 (default 1)")
+    generate.add_argument("--greedy", action="store_true", help="always the likeliest code")
+    generate.add_argument("--save-tokens", metavar="T.npy",
+                          help="also write the tokens, int64 [B, h, w]")
+    generate.add_argument("--backend", choices=("auto", "native", "onnxruntime"),
+                          default="auto", help="transformer backend (default auto: the "
+                                               "bundle's first)")
+    generate.add_argument("--device", **devices)
+    generate.set_defaults(run=run_generate)
+
+    decode = commands.add_parser(
+        "decode", help="code indices to an image",
+        description="Decode code indices with the bundle's decoder graph.")
+    decode.add_argument("bundle", metavar="BUNDLE")
+    decode.add_argument("--tokens", required=True, metavar="T.npy",
+                        help="int64 [B, h, w] or [h, w]")
+    decode.add_argument("-o", "--output", required=True, metavar="OUT.png|OUT.npy",
+                        help=".png: pixels (a grid when B > 1); .npy: the raw decoder output, "
+                             "float32 [B, C, H, W], unclamped")
+    decode.add_argument("--device", **devices)
+    decode.set_defaults(run=run_decode)
+
+    encode = commands.add_parser(
+        "encode", help="an image to code indices",
+        description="Encode an image with the bundle's encoder graph (its size must be a "
+                    "multiple of the downsampling factor; nothing is resized).")
+    encode.add_argument("bundle", metavar="BUNDLE")
+    encode.add_argument("--input", required=True, metavar="IMAGE|X.npy",
+                        help="a photo, or float32 [B, 3, H, W] (or [3, H, W]) in [-1, 1]")
+    encode.add_argument("--save-tokens", required=True, metavar="T.npy",
+                        help="int64 [B, h, w]")
+    encode.add_argument("--device", **devices)
+    encode.set_defaults(run=run_encode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqrt", description="Compiled inference for VQGAN + transformer image generators.")
@@ -62,17 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     inspect = commands.add_parser(
-        "inspect", help="print the model card of a checkpoint",
+        "inspect", help="print the model card of a checkpoint or a bundle",
         description="Print what a checkpoint holds: stages, parameter counts, codebook, latent "
-                    "grid, transformer shape and conditioning.")
-    inspect.add_argument("path", help="upstream Lightning .ckpt, or a vqrt checkpoint "
-                                      "directory / model.safetensors")
+                    "grid, transformer shape and conditioning. For a bundle (a directory with "
+                    "manifest.json), check it and print its manifest.")
+    inspect.add_argument("path", help="upstream Lightning .ckpt, a vqrt checkpoint "
+                                      "directory / model.safetensors, or a bundle directory")
     inspect.add_argument("--config", metavar="YAML",
                          help="the training config (default: <ckpt stem>.yaml beside the "
                               "checkpoint, the run's configs/*-project.yaml, or config.json "
                               "of a vqrt checkpoint)")
     inspect.add_argument("--json", action="store_true", help="print the card as JSON")
     inspect.set_defaults(run=run_inspect)
+    _add_build_parser(commands)
+    _add_train_parser(commands)
+    _add_eval_parser(commands)
+    _add_runtime_parsers(commands)
     return parser
 
 

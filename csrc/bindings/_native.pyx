@@ -7,6 +7,8 @@ becomes ValueError. Argument checking beyond shapes lives in C++, so Python and 
 same messages. One section per op; add new ops the same way.
 """
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libcpp.map cimport map
+from libcpp.string cimport string
 
 cimport vqrt_core as core
 
@@ -105,3 +107,119 @@ def sampling_probs(const float[:, ::1] logits, int64_t top_k, float top_p, float
     cdef double* o = &probs[0, 0] if batch > 0 and vocab > 0 else NULL
     with nogil:
         core.sampling_probs(x, batch, vocab, p, o)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU transformer decoder (csrc/transformer.h)
+
+# safetensors dtype name -> (C++ dtype, the numpy dtype the array must have)
+_WEIGHT_DTYPES = {
+    "F32": (core.DType.f32, "float32"),
+    "F16": (core.DType.f16, "float16"),
+    "BF16": (core.DType.bf16, "uint16"),  # bit patterns: numpy has no bfloat16
+    "I8": (core.DType.i8, "int8"),
+}
+
+
+cdef class NativeTransformer:
+    """The KV-cached GPT decoder on the CPU, over borrowed weight arrays.
+
+    config: dict with n_layer, n_head, n_embd, vocab_size, block_size.
+    tensors: name -> C-contiguous numpy array ("vqrt-native-1" names and shapes); the arrays are
+        kept referenced here and read in place, never copied.
+    dtypes: name -> "F32", "F16", "BF16" (uint16 bit patterns) or "I8"; names not listed are F32.
+    max_batch, max_len (0 = block_size), num_threads (0 = one per core), bf16_activations: as
+        TransformerConfig in csrc/transformer.h.
+
+    Use vqrt.runtime.native_decoder.NativeDecoder, which allocates the outputs. C++ checks every
+    tensor's presence, shape and dtype and raises ValueError naming it.
+    """
+    cdef core.Transformer* _model
+    cdef dict _tensors
+
+    def __cinit__(self, dict config, dict tensors, dict dtypes, int64_t max_batch=1,
+                  int64_t max_len=0, int num_threads=0, bint bf16_activations=False):
+        cdef core.TransformerConfig c
+        c.n_layer = config["n_layer"]
+        c.n_head = config["n_head"]
+        c.n_embd = config["n_embd"]
+        c.vocab_size = config["vocab_size"]
+        c.block_size = config["block_size"]
+        c.max_batch = max_batch
+        c.max_len = max_len
+        c.num_threads = num_threads
+        c.bf16_activations = bf16_activations
+        cdef map[string, core.TensorView] views
+        cdef core.TensorView view
+        cdef size_t address
+        for name, array in tensors.items():
+            tag = dtypes.get(name, "F32")
+            if tag not in _WEIGHT_DTYPES:
+                raise ValueError(f"tensor {name}: dtype {tag} is not one of "
+                                 f"{', '.join(_WEIGHT_DTYPES)}")
+            dtype, numpy_dtype = _WEIGHT_DTYPES[tag]
+            if array.dtype.name != numpy_dtype:
+                raise ValueError(f"tensor {name} is tagged {tag} and must be a {numpy_dtype} "
+                                 f"array, got {array.dtype.name}")
+            if not array.flags.c_contiguous:
+                raise ValueError(f"tensor {name} must be C-contiguous")
+            address = array.__array_interface__["data"][0]
+            view.dtype = dtype
+            view.data = <const void*>address
+            view.shape = [int(d) for d in array.shape]
+            views[name.encode()] = view
+        self._model = new core.Transformer(c, views)
+        self._tensors = dict(tensors)
+
+    def __dealloc__(self):
+        del self._model
+
+    def prefill(self, const int64_t[:, ::1] tokens, float[:, ::1] logits):
+        """tokens int64 [B, T] at positions 0..T-1 -> logits float32 [B, V] of position T-1."""
+        cdef int64_t batch = tokens.shape[0], length = tokens.shape[1]
+        self._check_logits(batch, logits)
+        if batch == 0 or length == 0:
+            raise ValueError(f"tokens must be non-empty [B, T], got ({batch}, {length})")
+        with nogil:
+            self._model.prefill(&tokens[0, 0], batch, length, &logits[0, 0])
+
+    def step(self, const int64_t[::1] tokens, int64_t pos, float[:, ::1] logits):
+        """tokens int64 [B] at position pos -> logits float32 [B, V]."""
+        cdef int64_t batch = tokens.shape[0]
+        self._check_logits(batch, logits)
+        if batch == 0:
+            raise ValueError("tokens must be non-empty [B]")
+        with nogil:
+            self._model.step(&tokens[0], batch, pos, &logits[0, 0])
+
+    def rewind(self, int64_t length):
+        """Keeps cached positions [0, length)."""
+        self._model.rewind(length)
+
+    cdef _check_logits(self, int64_t batch, float[:, ::1] logits):
+        cdef int64_t vocab = self._model.config().vocab_size
+        if logits.shape[0] != batch or logits.shape[1] != vocab:
+            raise ValueError(f"logits must have shape ({batch}, {vocab}), got "
+                             f"({logits.shape[0]}, {logits.shape[1]})")
+
+    @property
+    def length(self):
+        """Cached positions."""
+        return self._model.length()
+
+    @property
+    def isa(self):
+        """The instruction set of the kernels in use."""
+        return core.cpu_isa_name(self._model.isa()).decode()
+
+    @property
+    def num_threads(self):
+        return self._model.num_threads()
+
+    @property
+    def max_batch(self):
+        return self._model.config().max_batch
+
+    @property
+    def max_len(self):
+        return self._model.config().max_len

@@ -3,6 +3,9 @@
 # it into ValueError.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libcpp cimport bool
+from libcpp.map cimport map
+from libcpp.string cimport string
+from libcpp.vector cimport vector
 
 
 cdef extern from "cpu_features.h" namespace "vqrt" nogil:
@@ -42,3 +45,43 @@ cdef extern from "sampling.h" namespace "vqrt" nogil:
 cdef extern from "vqrt.h" nogil:
     int vqrt_built_with_cuda()
     int vqrt_cuda_device_count()
+
+
+cdef extern from "linear.h" namespace "vqrt" nogil:
+    cdef enum class DType:
+        f32
+        f16
+        bf16
+        i8
+
+
+cdef extern from "transformer.h" namespace "vqrt" nogil:
+    cdef cppclass TransformerConfig:
+        int64_t n_layer
+        int64_t n_head
+        int64_t n_embd
+        int64_t vocab_size
+        int64_t block_size
+        int64_t max_batch
+        int64_t max_len
+        int num_threads
+        bool bf16_activations
+
+    cdef cppclass TensorView:
+        DType dtype
+        const void* data
+        vector[int64_t] shape
+
+    cdef cppclass Transformer:
+        Transformer(const TransformerConfig& config,
+                    const map[string, TensorView]& tensors) except +
+        # tokens [batch, length] -> logits [batch, vocab] of the last position
+        void prefill(const int64_t* tokens, int64_t batch, int64_t length, float* logits) except +
+        # tokens [batch] at position pos -> logits [batch, vocab]
+        void step(const int64_t* tokens, int64_t batch, int64_t pos, float* logits) except +
+        void rewind(int64_t length) except +
+        int64_t length()
+        int64_t batch()
+        const TransformerConfig& config()
+        CpuIsa isa()
+        int num_threads()

@@ -35,6 +35,7 @@ TEST(detection_matches_proc_cpuinfo) {
   const vqrt::CpuFeatures& f = vqrt::cpu_features();
   CHECK_EQ(f.avx2, has_flag(flags, "avx2"));
   CHECK_EQ(f.fma, has_flag(flags, "fma"));
+  CHECK_EQ(f.f16c, has_flag(flags, "f16c"));
   CHECK_EQ(f.avx512f, has_flag(flags, "avx512f"));
   CHECK_EQ(f.avx512bw, has_flag(flags, "avx512bw"));
   CHECK_EQ(f.avx512vl, has_flag(flags, "avx512vl"));

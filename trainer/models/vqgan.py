@@ -263,8 +263,8 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(n_embed, embed_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
 
-    def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, embed_dim, h, w) -> (B, h, w) int64."""
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, embed_dim, h, w) -> squared L2 distance to every code (B, h, w, N)."""
         b, c, h, w = z.shape
         assert c == self.embed_dim, f"expected {self.embed_dim} channels, got {c}"
         flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C), row-major positions
@@ -272,7 +272,11 @@ class VectorQuantizer(nn.Module):
         # Same expansion as upstream (|z|^2 + |e|^2 - 2 z.e), so near-ties break the same way.
         distances = (flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1)
                      - 2.0 * flat @ codebook.t())  # (B*h*w, N)
-        return distances.argmin(dim=1).reshape(b, h, w)
+        return distances.reshape(b, h, w, -1)
+
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, embed_dim, h, w) -> (B, h, w) int64."""
+        return self.distances(z).argmin(dim=-1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B, h, w) -> codebook vectors (B, embed_dim, h, w)."""

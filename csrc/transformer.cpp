@@ -1,0 +1,286 @@
+// The CPU GPT decoder; semantics, layouts and guarantees in transformer.h.
+#include "transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <thread>
+
+#include "embedding.h"
+#include "errors.h"
+#include "layer_norm.h"
+#include "thread_pool.h"
+
+namespace vqrt {
+
+namespace {
+
+constexpr float kLayerNormEps = 1e-5f;
+// A prefill runs up to this many (row, position) pairs per pass: enough rows to reuse each
+// weight many times, while the scratch stays at max_rows x 4C floats.
+constexpr int64_t kPrefillRows = 64;
+// Thread shares of output columns start at multiples of this (whole tiles per thread).
+constexpr int64_t kColumnAlign = 16;
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << "]";
+  return os.str();
+}
+
+const TensorView& find_tensor(const std::map<std::string, TensorView>& tensors,
+                              const std::string& name, const std::vector<int64_t>& shape) {
+  const auto it = tensors.find(name);
+  VQRT_CHECK(it != tensors.end(), "missing tensor " << name << " " << shape_string(shape));
+  const TensorView& t = it->second;
+  VQRT_CHECK(t.shape == shape, "tensor " << name << " has shape " << shape_string(t.shape)
+                                         << ", expected " << shape_string(shape));
+  VQRT_CHECK(t.data != nullptr, "tensor " << name << " has no data");
+  return t;
+}
+
+const float* f32_tensor(const std::map<std::string, TensorView>& tensors, const std::string& name,
+                        const std::vector<int64_t>& shape) {
+  const TensorView& t = find_tensor(tensors, name, shape);
+  VQRT_CHECK(t.dtype == DType::f32,
+             "tensor " << name << " has dtype " << dtype_name(t.dtype) << ", expected F32");
+  return static_cast<const float*>(t.data);
+}
+
+// A Linear weight [n, k] of any supported dtype; int8 also needs `<name>_scale` F32 [n].
+WeightView weight_view(const std::map<std::string, TensorView>& tensors, const std::string& name,
+                       int64_t n, int64_t k) {
+  const TensorView& t = find_tensor(tensors, name, {n, k});
+  WeightView w;
+  w.dtype = t.dtype;
+  w.data = t.data;
+  w.n = n;
+  w.k = k;
+  if (t.dtype == DType::i8) w.scale = f32_tensor(tensors, name + "_scale", {n});
+  return w;
+}
+
+// Thread t's share [begin, end) of n items split into `threads` runs aligned to `align`.
+std::pair<int64_t, int64_t> share(int64_t n, int t, int threads, int64_t align) {
+  const int64_t per = (n + threads - 1) / threads;
+  const int64_t chunk = (per + align - 1) / align * align;
+  return {std::min(n, t * chunk), std::min(n, (t + 1) * chunk)};
+}
+
+}  // namespace
+
+Transformer::Transformer(const TransformerConfig& config,
+                         const std::map<std::string, TensorView>& tensors)
+    : config_(config) {
+  TransformerConfig& c = config_;
+  VQRT_CHECK(c.n_layer >= 1, "n_layer must be >= 1, got " << c.n_layer);
+  VQRT_CHECK(c.n_head >= 1, "n_head must be >= 1, got " << c.n_head);
+  VQRT_CHECK(c.n_embd >= 1 && c.n_embd % c.n_head == 0,
+             "n_embd must be a positive multiple of n_head " << c.n_head << ", got " << c.n_embd);
+  VQRT_CHECK(c.vocab_size >= 1, "vocab_size must be >= 1, got " << c.vocab_size);
+  VQRT_CHECK(c.block_size >= 1, "block_size must be >= 1, got " << c.block_size);
+  VQRT_CHECK(c.max_batch >= 1, "max_batch must be >= 1, got " << c.max_batch);
+  if (c.max_len == 0) c.max_len = c.block_size;
+  VQRT_CHECK(c.max_len >= 1 && c.max_len <= c.block_size,
+             "max_len must be in [1, block size " << c.block_size << "], got " << c.max_len);
+  VQRT_CHECK(c.num_threads >= 0, "num_threads must be >= 0 (0 = one per core), got "
+                                     << c.num_threads);
+  isa_ = c.isa ? *c.isa : cpu_isa_active();
+  linear_ = &linear_kernels(isa_);
+  gelu_ = gelu_kernel(isa_);
+  attention_ = attention_kernel(isa_);
+
+  const int64_t C = c.n_embd;
+  head_dim_ = C / c.n_head;
+  tok_emb_ = f32_tensor(tensors, "tok_emb", {c.vocab_size, C});
+  pos_emb_ = f32_tensor(tensors, "pos_emb", {c.block_size, C});
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    Layer l;
+    l.ln1_w = f32_tensor(tensors, p + "ln1.weight", {C});
+    l.ln1_b = f32_tensor(tensors, p + "ln1.bias", {C});
+    l.ln2_w = f32_tensor(tensors, p + "ln2.weight", {C});
+    l.ln2_b = f32_tensor(tensors, p + "ln2.bias", {C});
+    l.qkv = weight_view(tensors, p + "attn.qkv.weight", 3 * C, C);
+    l.qkv_b = f32_tensor(tensors, p + "attn.qkv.bias", {3 * C});
+    l.proj = weight_view(tensors, p + "attn.proj.weight", C, C);
+    l.proj_b = f32_tensor(tensors, p + "attn.proj.bias", {C});
+    l.fc = weight_view(tensors, p + "mlp.fc.weight", 4 * C, C);
+    l.fc_b = f32_tensor(tensors, p + "mlp.fc.bias", {4 * C});
+    l.mlp_proj = weight_view(tensors, p + "mlp.proj.weight", C, 4 * C);
+    l.mlp_proj_b = f32_tensor(tensors, p + "mlp.proj.bias", {C});
+    layers_.push_back(l);
+  }
+  ln_f_w_ = f32_tensor(tensors, "ln_f.weight", {C});
+  ln_f_b_ = f32_tensor(tensors, "ln_f.bias", {C});
+  head_ = weight_view(tensors, "head.weight", c.vocab_size, C);
+  if (c.bf16_activations) {
+    const WeightView* head = &head_;
+    for (const Layer& l : layers_) {
+      for (const WeightView* w : {&l.qkv, &l.proj, &l.fc, &l.mlp_proj, head}) {
+        VQRT_CHECK(w->dtype == DType::bf16, "bf16_activations needs BF16 Linear weights, got "
+                                                << dtype_name(w->dtype));
+      }
+    }
+  }
+
+  const int threads = c.num_threads > 0
+                          ? c.num_threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  pool_ = std::make_unique<ThreadPool>(threads);
+
+  max_rows_ = std::max(c.max_batch, kPrefillRows);
+  kv_cache_.assign(c.n_layer * 2 * c.max_batch * c.n_head * c.max_len * head_dim_, 0.0f);
+  x_.resize(max_rows_ * C);
+  qkv_.resize(max_rows_ * 3 * C);
+  attn_.resize(max_rows_ * C);
+  hidden_.resize(max_rows_ * 4 * C);
+  normed_.assign(pool_->size(), std::vector<float>(max_rows_ * C));
+  scores_.assign(pool_->size(), std::vector<float>(c.max_len));
+}
+
+Transformer::~Transformer() = default;
+
+int Transformer::num_threads() const { return pool_->size(); }
+
+void Transformer::check_tokens(const int64_t* tokens, int64_t count) const {
+  VQRT_CHECK(tokens != nullptr, "tokens is null");
+  for (int64_t i = 0; i < count; ++i) {
+    VQRT_CHECK(tokens[i] >= 0 && tokens[i] < config_.vocab_size,
+               "token " << tokens[i] << " at index " << i << " is outside the vocabulary [0, "
+                        << config_.vocab_size << ")");
+  }
+}
+
+void Transformer::prefill(const int64_t* tokens, int64_t batch, int64_t length, float* logits) {
+  VQRT_CHECK(batch >= 1 && batch <= config_.max_batch,
+             "batch " << batch << " is outside [1, max batch " << config_.max_batch << "]");
+  VQRT_CHECK(length >= 1 && length <= config_.max_len,
+             "prefill length " << length << " is outside [1, max length " << config_.max_len
+                               << "]");
+  VQRT_CHECK(logits != nullptr, "logits is null");
+  check_tokens(tokens, batch * length);
+  length_ = 0;
+  batch_ = batch;
+  // Position chunks of `per_pass` for all rows; tokens are regrouped per chunk.
+  const int64_t per_pass = std::max<int64_t>(1, max_rows_ / batch);
+  std::vector<int64_t> chunk_tokens;
+  for (int64_t start = 0; start < length; start += per_pass) {
+    const int64_t count = std::min(per_pass, length - start);
+    chunk_tokens.resize(batch * count);
+    for (int64_t b = 0; b < batch; ++b) {
+      std::copy(tokens + b * length + start, tokens + b * length + start + count,
+                chunk_tokens.begin() + b * count);
+    }
+    forward(chunk_tokens.data(), batch, start, count, start + count == length ? logits : nullptr);
+  }
+  length_ = length;
+}
+
+void Transformer::step(const int64_t* tokens, int64_t batch, int64_t pos, float* logits) {
+  VQRT_CHECK(batch_ > 0, "step before prefill: run prefill first");
+  VQRT_CHECK(batch == batch_, "step batch " << batch << " does not match the prefill batch "
+                                            << batch_);
+  VQRT_CHECK(pos >= 0 && pos <= length_,
+             "position " << pos << " is outside [0, cached length " << length_ << "]");
+  VQRT_CHECK(pos < config_.max_len, "position " << pos << " is beyond the max length "
+                                                << config_.max_len << " (block size "
+                                                << config_.block_size << ")");
+  VQRT_CHECK(logits != nullptr, "logits is null");
+  check_tokens(tokens, batch);
+  forward(tokens, batch, pos, 1, logits);
+  length_ = pos + 1;
+}
+
+void Transformer::rewind(int64_t length) {
+  VQRT_CHECK(length >= 0 && length <= length_,
+             "rewind length " << length << " is outside [0, cached length " << length_ << "]");
+  length_ = length;
+}
+
+float* Transformer::cache_at(int64_t layer, int64_t kv, int64_t b, int64_t h, int64_t t) {
+  const TransformerConfig& c = config_;
+  return kv_cache_.data() +
+         ((((layer * 2 + kv) * c.max_batch + b) * c.n_head + h) * c.max_len + t) * head_dim_;
+}
+
+void Transformer::forward(const int64_t* tokens, int64_t batch, int64_t start, int64_t count,
+                          float* logits) {
+  const int64_t rows = batch * count;
+  std::vector<int64_t> positions(rows);
+  for (int64_t r = 0; r < rows; ++r) positions[r] = start + r % count;
+  embed_tokens(tokens, positions.data(), rows, config_.n_embd, tok_emb_, pos_emb_, x_.data());
+  pool_->run([&](int thread) { run_thread(thread, batch, start, count, logits); });
+}
+
+// Row (b, j) of a pass is activation row b * count + j, at position start + j.
+void Transformer::attention_rows(int64_t layer, int64_t start, int64_t count, int64_t b,
+                                 int64_t h, float* scores) {
+  const int64_t C = config_.n_embd, D = head_dim_;
+  float* k_cache = cache_at(layer, 0, b, h, 0);  // [T_max, D]
+  float* v_cache = cache_at(layer, 1, b, h, 0);
+  for (int64_t j = 0; j < count; ++j) {
+    const float* qkv = qkv_.data() + (b * count + j) * 3 * C;  // q | k | v, head h at h * D
+    std::copy(qkv + C + h * D, qkv + C + (h + 1) * D, k_cache + (start + j) * D);
+    std::copy(qkv + 2 * C + h * D, qkv + 2 * C + (h + 1) * D, v_cache + (start + j) * D);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t r = b * count + j;
+    AttentionArgs a;
+    a.q = qkv_.data() + r * 3 * C + h * D;
+    a.k = k_cache;
+    a.v = v_cache;
+    a.n_keys = start + j + 1;  // causal: positions 0..start+j
+    a.d = D;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    a.scores = scores;
+    a.out = attn_.data() + r * C + h * D;
+    attention_(a);
+  }
+}
+
+void Transformer::run_thread(int thread, int64_t batch, int64_t start, int64_t count,
+                             float* logits) {
+  const TransformerConfig& c = config_;
+  const int threads = pool_->size();
+  const int64_t C = c.n_embd, rows = batch * count;
+  float* normed = normed_[thread].data();  // [rows, C], this thread's copy
+  const bool bf16_x = c.bf16_activations;
+  auto product = [&](const WeightView& w, const float* x, int64_t x_rows, const float* bias,
+                     bool accumulate, float* y) {
+    const auto [begin, end] = share(w.n, thread, threads, kColumnAlign);
+    if (begin < end) linear(*linear_, {x, x_rows, &w, bias, accumulate, begin, end, y}, bf16_x);
+    return std::make_pair(begin, end);
+  };
+
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const Layer& layer = layers_[l];
+    // Every thread normalises all rows itself: cheaper than a barrier.
+    layer_norm(x_.data(), rows, C, layer.ln1_w, layer.ln1_b, kLayerNormEps, normed);
+    product(layer.qkv, normed, rows, layer.qkv_b, false, qkv_.data());
+    pool_->barrier();
+    const auto [p0, p1] = share(batch * c.n_head, thread, threads, 1);
+    for (int64_t p = p0; p < p1; ++p) {
+      attention_rows(l, start, count, p / c.n_head, p % c.n_head, scores_[thread].data());
+    }
+    pool_->barrier();
+    product(layer.proj, attn_.data(), rows, layer.proj_b, true, x_.data());
+    pool_->barrier();
+    layer_norm(x_.data(), rows, C, layer.ln2_w, layer.ln2_b, kLayerNormEps, normed);
+    const auto [h0, h1] = product(layer.fc, normed, rows, layer.fc_b, false, hidden_.data());
+    for (int64_t r = 0; r < rows && h0 < h1; ++r) gelu_(hidden_.data() + r * 4 * C + h0, h1 - h0);
+    pool_->barrier();
+    product(layer.mlp_proj, hidden_.data(), rows, layer.mlp_proj_b, true, x_.data());
+    pool_->barrier();
+  }
+  if (logits == nullptr) return;
+  for (int64_t b = 0; b < batch; ++b) {  // the last position of each row
+    layer_norm(x_.data() + (b * count + count - 1) * C, 1, C, ln_f_w_, ln_f_b_, kLayerNormEps,
+               normed + b * C);
+  }
+  product(head_, normed, batch, nullptr, false, logits);
+}
+
+}  // namespace vqrt

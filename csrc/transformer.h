@@ -1,0 +1,125 @@
+// The GPT decoder of the transformer stage with a preallocated KV cache, on the CPU.
+//
+// Semantics (upstream minGPT): x = tok_emb[token] + pos_emb[pos]; per block
+// x += proj(attn(ln1(x))), x += mlp(ln2(x)) with mlp = fc, exact-erf GELU, proj; causal
+// attention with scale 1/sqrt(D), D = n_embd / n_head (any D); LayerNorm eps 1e-5;
+// logits = head(ln_f(x)).
+//
+// Weights are borrowed (TensorView: pointer, dtype, shape; the caller keeps them alive), named
+// and laid out as "vqrt-native-1" (export/native_weights.py). Linear weights are F32, F16, BF16
+// or I8 (+ `<name>_scale` F32 [out]); everything else F32.
+//
+// The KV cache is float32 [n_layer, 2 (key, value), B_max, H, T_max, D], the layout of the ONNX
+// step graph. Rows 0..B-1 of a call use rows 0..B-1 of the cache.
+//
+// Work is split over a persistent thread pool by output columns of every matrix product and by
+// (row, head) pairs in attention; every value is computed by the same operations whatever the
+// thread count and whatever other rows share the batch, so results depend on neither.
+// Errors (vqrt::Error) are raised before any state changes.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "cpu_features.h"
+#include "gelu.h"
+#include "linear.h"
+
+namespace vqrt {
+
+class ThreadPool;
+
+struct TransformerConfig {
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t n_embd = 0;
+  int64_t vocab_size = 0;
+  int64_t block_size = 0;
+  int64_t max_batch = 1;        // B_max: rows of the cache
+  int64_t max_len = 0;          // T_max: positions of the cache, <= block_size; 0 = block_size
+  int num_threads = 0;          // 0 = one per core
+  bool bf16_activations = false;  // bf16 weights only: x rounded to bf16 before each product
+                                  // (vdpbf16ps where the CPU has it); see linear.h
+  std::optional<CpuIsa> isa;    // kernels to use; default cpu_isa_active()
+};
+
+// A borrowed tensor: C-contiguous elements of `dtype` with `shape`.
+struct TensorView {
+  DType dtype = DType::f32;
+  const void* data = nullptr;
+  std::vector<int64_t> shape;
+};
+
+class Transformer {
+ public:
+  // Checks the config and that every tensor the config needs is present with its shape and an
+  // allowed dtype (vqrt::Error names the tensor and both shapes); extra tensors are ignored.
+  Transformer(const TransformerConfig& config, const std::map<std::string, TensorView>& tensors);
+  ~Transformer();
+
+  // Runs tokens [batch, length] at positions 0..length-1 in one pass (matrix products over all
+  // positions, in chunks that bound the scratch memory), fills the cache and writes the logits
+  // of the last position to logits [batch, vocab]. Forgets anything cached before.
+  void prefill(const int64_t* tokens, int64_t batch, int64_t length, float* logits);
+
+  // Runs one token per row, tokens [batch], at position pos <= length() (positions >= pos are
+  // forgotten first, so stepping back is a rewind), attending to cache positions 0..pos; writes
+  // logits [batch, vocab]. batch must equal the prefill's.
+  void step(const int64_t* tokens, int64_t batch, int64_t pos, float* logits);
+
+  // Keeps cache positions [0, length), length <= length(). rewind(0) resets.
+  void rewind(int64_t length);
+
+  int64_t length() const { return length_; }  // cached positions
+  int64_t batch() const { return batch_; }    // rows of the last prefill (0 before any)
+  const TransformerConfig& config() const { return config_; }
+  CpuIsa isa() const { return isa_; }
+  int num_threads() const;
+  // The cache, [n_layer, 2, B_max, H, T_max, D].
+  const float* kv_cache() const { return kv_cache_.data(); }
+
+ private:
+  struct Layer {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    WeightView qkv, proj, fc, mlp_proj;
+    const float *qkv_b, *proj_b, *fc_b, *mlp_proj_b;
+  };
+
+  void check_tokens(const int64_t* tokens, int64_t count) const;
+  // Positions [start, start + count) for `batch` rows; tokens [batch, count]; logits of position
+  // start + count - 1 into logits [batch, vocab] when logits is not null.
+  void forward(const int64_t* tokens, int64_t batch, int64_t start, int64_t count, float* logits);
+  void run_thread(int thread, int64_t batch, int64_t start, int64_t count, float* logits);
+  // Writes keys and values of rows (b, 0..count-1) for head h into the cache, then attends.
+  void attention_rows(int64_t layer, int64_t start, int64_t count, int64_t b, int64_t h,
+                      float* scores);
+  float* cache_at(int64_t layer, int64_t kv, int64_t b, int64_t h, int64_t t);
+
+  TransformerConfig config_;
+  int64_t head_dim_ = 0;
+  int64_t max_rows_ = 0;  // activation rows per pass: batch x positions of a prefill chunk
+  CpuIsa isa_ = CpuIsa::generic;
+  const LinearKernels* linear_ = nullptr;
+  GeluKernel gelu_ = nullptr;
+  AttentionKernel attention_ = nullptr;
+
+  const float *tok_emb_ = nullptr, *pos_emb_ = nullptr, *ln_f_w_ = nullptr, *ln_f_b_ = nullptr;
+  WeightView head_;
+  std::vector<Layer> layers_;
+
+  std::vector<float> kv_cache_;
+  int64_t length_ = 0;
+  int64_t batch_ = 0;
+
+  // Scratch, [max_rows, ...]: residual stream x, fused q|k|v, attention output, MLP hidden.
+  std::vector<float> x_, qkv_, attn_, hidden_;
+  // Per thread: LayerNorm output [max_rows, C] and attention scores [T_max].
+  std::vector<std::vector<float>> normed_, scores_;
+  std::unique_ptr<ThreadPool> pool_;
+};
+
+}  // namespace vqrt

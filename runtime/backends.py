@@ -1,0 +1,107 @@
+"""The transformer stage of a Generator: the native C++ decoder or the ONNX Runtime graphs.
+
+A backend holds what every generation shares and never changes (the native weights, or the
+ONNX Runtime sessions) and makes one decoding state per generation with `new_state(batch)`:
+a KV cache of that batch and nothing else, so concurrent generations share no mutable state.
+Both kinds of state answer the same two calls:
+
+    prefill(tokens int64 [B, L])        positions 0..L-1       -> logits float32 [B, V]
+    step(tokens int64 [B], position)    one token at position  -> logits float32 [B, V]
+
+where the logits predict the token after the last one fed. This module never imports torch.
+"""
+from __future__ import annotations
+
+from typing import Dict, Protocol, Tuple
+
+import numpy as np
+
+from vqrt.runtime.bundle import Bundle
+from vqrt.runtime.native_decoder import GPTShape, NativeDecoder
+from vqrt.runtime.ort_transformer import OrtTransformer, OrtTransformerGraphs
+from vqrt.runtime.params import RequestError
+from vqrt.runtime.safetensors_io import read_safetensors
+
+BACKENDS = ("auto", "native", "onnxruntime")
+
+
+class DecodingState(Protocol):
+    def prefill(self, tokens: np.ndarray) -> np.ndarray: ...
+
+    def step(self, tokens: np.ndarray, position: int) -> np.ndarray: ...
+
+
+class NativeBackend:
+    """vqrt._native's KV-cached GPT over the bundle's native weights (read once, shared: a
+    NativeDecoder references the arrays and never writes them)."""
+    name = "native"
+
+    def __init__(self, bundle: Bundle, num_threads: int):
+        m = bundle.manifest
+        arrays, infos, _ = read_safetensors(bundle.file(m.native.file))
+        t = m.transformer
+        self._shape = GPTShape(t.n_layer, t.n_head, t.n_embd, t.vocab_size, t.block_size)
+        self._arrays = arrays
+        self._dtypes = {name: info.dtype for name, info in infos.items()}
+        self._num_threads = num_threads
+
+    def new_state(self, batch: int) -> NativeDecoder:
+        return NativeDecoder(self._shape, self._arrays, self._dtypes, max_batch=batch,
+                             num_threads=self._num_threads)
+
+    @property
+    def providers(self) -> Dict[str, Tuple[str, ...]]:
+        return {}
+
+
+class _OrtState:
+    """OrtTransformer with the backends' calls: last-position logits, explicit positions."""
+
+    def __init__(self, transformer: OrtTransformer):
+        self._transformer = transformer
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        self._transformer.reset()
+        return self._transformer.prefill(tokens)[:, -1]
+
+    def step(self, tokens: np.ndarray, position: int) -> np.ndarray:
+        # The graphs write at `length`: decoding feeds positions in order, never skipping one.
+        assert position == self._transformer.length, (position, self._transformer.length)
+        return self._transformer.step(tokens[:, None])[:, 0]
+
+
+class OrtBackend:
+    """The bundle's transformer_prefill / transformer_step graphs with one in-place KV buffer
+    per generation (IO binding; on the GPU where the CUDA provider took the graphs)."""
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
+                 num_threads: int):
+        self._graphs = OrtTransformerGraphs.from_bundle(bundle, providers, device, num_threads)
+
+    def new_state(self, batch: int) -> _OrtState:
+        return _OrtState(OrtTransformer(self._graphs, batch))
+
+    @property
+    def providers(self) -> Dict[str, Tuple[str, ...]]:
+        return self._graphs.providers
+
+
+def choose_backend(bundle: Bundle, requested: str) -> str:
+    """"auto": the first of the manifest's backends (its order of preference) that this runtime
+    runs; otherwise the one asked for, if the bundle has it."""
+    have = bundle.manifest.backends
+    runnable = [name for name in have if name in BACKENDS]
+    if requested not in BACKENDS:
+        raise RequestError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if requested == "auto":
+        if not runnable:
+            raise RequestError(f"{bundle.path}: the bundle offers {', '.join(have) or 'nothing'}"
+                               f" for its transformer; the runtime runs native and onnxruntime: "
+                               "rebuild it with `vqrt build --backend auto`")
+        return runnable[0]
+    if requested not in have:
+        raise RequestError(f"{bundle.path}: backend {requested} is not in this bundle (it has "
+                           f"{', '.join(have)}): rebuild it with `vqrt build --backend "
+                           f"{requested}` or pick one it has")
+    return requested

@@ -1,0 +1,127 @@
+"""The VQGAN side of a bundle: images to code indices (encoder graph), indices to images
+(decoder graph), and the checks of sizes, batches and codes against the bundle's limits.
+
+Pixels follow upstream's image logger (taming main.py ImageLogger / log_images with clamp):
+    x = clip(x, -1, 1); x = (x + 1) / 2; pixels = (x * 255).astype(uint8)
+in float32, so 255 is reached only at x = 1 and every other value truncates toward zero (no
+rounding). Inputs go the other way as upstream's datasets do: x = pixels / 127.5 - 1.
+This module never imports torch.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from vqrt.runtime.bundle import Bundle
+from vqrt.runtime.onnx_sessions import open_session
+from vqrt.runtime.params import RequestError
+
+
+def to_pixels(decoded: np.ndarray) -> np.ndarray:
+    """Decoder output float32 [B, C, H, W] -> uint8 [B, H, W, C], upstream's conversion."""
+    x = np.clip(np.asarray(decoded, dtype=np.float32), -1.0, 1.0)
+    x = (x + np.float32(1.0)) / np.float32(2.0)
+    return np.ascontiguousarray((x * np.float32(255.0)).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def from_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, C] -> float32 [B, C, H, W] in [-1, 1] (x / 127.5 - 1, as upstream)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4:
+        raise RequestError(f"pixels must be uint8 [B, H, W, C], got {pixels.dtype} "
+                           f"{list(pixels.shape)}")
+    x = pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class FirstStage:
+    """The encoder and decoder sessions of one bundle (read-only, shared across threads)."""
+
+    def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
+                 num_threads: int):
+        m = bundle.manifest
+        self.bundle = bundle
+        self.factor = m.first_stage.downsampling_factor
+        self.channels = m.first_stage.image_channels
+        self.codebook_size = m.first_stage.codebook_size
+        self.limits = m.limits
+        self._decoder = open_session(bundle.graph_path("decoder"), providers, device,
+                                     num_threads)
+        self._encoder = (open_session(bundle.graph_path("encoder"), providers, device,
+                                      num_threads) if "encoder" in m.graphs else None)
+
+    @property
+    def providers(self) -> Dict[str, Tuple[str, ...]]:
+        sessions = {"decoder": self._decoder, "encoder": self._encoder}
+        return {name: tuple(s.get_providers()) for name, s in sessions.items() if s is not None}
+
+    # --- checks against the bundle's limits ---------------------------------------------------
+
+    def check_batch(self, batch: int) -> None:
+        limit = self.limits.max_batch
+        if batch < 1:
+            raise RequestError(f"batch must be at least 1, got {batch}")
+        if batch > limit:
+            raise RequestError(f"requested batch {batch} exceeds the bundle's max batch {limit} "
+                               f"(split the request, or rebuild with `vqrt build --max-batch "
+                               f"{batch}`)")
+
+    def check_latent(self, h: int, w: int) -> None:
+        max_h, max_w = self.limits.max_latent
+        if h > max_h or w > max_w:
+            f = self.factor
+            raise RequestError(f"requested {w * f}x{h * f} pixels (latent {h}x{w}) exceeds the "
+                               f"bundle's largest {max_w * f}x{max_h * f} (latent {max_h}x"
+                               f"{max_w}); rebuild with `vqrt build --max-size WxH` for more")
+
+    def latent_grid(self, size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+        """size (width, height) in pixels, None = training size -> latent (h, w)."""
+        if size is None:
+            return tuple(self.bundle.manifest.first_stage.training_grid)
+        f = self.factor
+        for side, value in zip(("width", "height"), size):
+            if value % f:
+                low, high = max(f, value - value % f), value - value % f + f
+                raise RequestError(f"size {side} {value} is not a multiple of the downsampling "
+                                   f"factor {f} (try {low} or {high})")
+        width, height = size
+        self.check_latent(height // f, width // f)
+        return height // f, width // f
+
+    def check_codes(self, codes: np.ndarray, what: str) -> np.ndarray:
+        """Integer codes of any shape -> int64, each in [0, codebook size)."""
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise RequestError(f"{what} must be integers, got {codes.dtype}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            bad = int(codes.max()) if codes.max() >= self.codebook_size else int(codes.min())
+            raise RequestError(f"{what} holds code {bad}, outside the codebook's [0, "
+                               f"{self.codebook_size})")
+        return np.ascontiguousarray(codes, dtype=np.int64)
+
+    # --- graphs -------------------------------------------------------------------------------
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """images float32 [B, C, H, W] in [-1, 1], H and W multiples of f -> int64 [B, h, w]."""
+        if self._encoder is None:
+            raise RequestError(f"{self.bundle.path}: the bundle has no encoder graph (see its "
+                               "notes: this first stage cannot encode)")
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise RequestError(f"images must be float32 [B, {self.channels}, H, W], got "
+                               f"{images.dtype} {list(images.shape)}")
+        if images.dtype.kind != "f":
+            raise RequestError(f"images must be float32 in [-1, 1], got {images.dtype}")
+        self.check_batch(images.shape[0])
+        self.latent_grid((images.shape[3], images.shape[2]))
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        return self._encoder.run(None, {"image": images})[0]
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """codes int64 [B, h, w] -> the decoder's raw output float32 [B, C, h*f, w*f]."""
+        codes = self.check_codes(codes, "tokens")
+        if codes.ndim != 3:
+            raise RequestError(f"tokens must be [B, h, w], got shape {list(codes.shape)}")
+        self.check_batch(codes.shape[0])
+        self.check_latent(codes.shape[1], codes.shape[2])
+        return self._decoder.run(None, {"indices": codes})[0]

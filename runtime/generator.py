@@ -1,0 +1,283 @@
+"""Generator: a bundle in, image tokens and images out, without torch.
+
+    generator = Generator("bundle/")                          # backend "auto", device "auto"
+    result = generator.generate(class_labels=[3, 5], params=GenerationParams(top_k=100, seed=7))
+    result.tokens   # int64 [2, h, w]        result.images   # uint8 [2, H, W, 3]
+
+For callers who stream or cancel, the same thing as a loop (onnxruntime-genai's shape):
+
+    generation = generator.start(class_labels=[3], params=params)   # conditioning + prefill
+    while not generation.done:
+        generation.step()                 # one token per row; generation.tokens so far
+        if user_gave_up: generation.cancel(); break                 # frees the KV cache
+    result = generation.result()          # decodes the images
+
+Sequence layout (the manifest's tokenization): [prefix tokens, image tokens in raster order];
+image token k of a row sits at position P + k (P prefix tokens) and is drawn by the sampler
+with the row's seed and step k. An image prefix (prefix_tokens, image completion) fills tokens
+0..K-1 and sampling starts at k = K. The last image token is never fed back, so a request needs
+P + h*w - 1 <= block size positions; a longer grid (sliding-window sampling) is issue 6.
+Tokens are drawn from the first codebook_size logits (the image codes): a vocabulary larger
+than the codebook also holds condition tokens, which are not image codes.
+
+Thread safety: after construction a Generator is read-only (the bundle, the ONNX Runtime
+sessions, whose run() is thread-safe, and the native weights, which the decoder only reads),
+so any number of threads may call generate() / start() on one Generator at once. Each start()
+makes its own decoding state (a KV cache sized for its batch), owned by its Generation; a
+Generation is driven by one thread at a time. The tokens of a row do not depend on the thread,
+the batch around it or the backend's thread count.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from vqrt.runtime.backends import DecodingState, NativeBackend, OrtBackend, choose_backend
+from vqrt.runtime.bundle import load_bundle
+from vqrt.runtime.conditioning import ClassLabels, Conditioner, batch_rows
+from vqrt.runtime.first_stage import FirstStage, to_pixels
+from vqrt.runtime.onnx_sessions import execution_providers
+from vqrt.runtime.params import GenerationParams, GenerationResult, RequestError, StageTimings
+from vqrt.runtime.sampling import sample_logits
+
+ISSUE_SLIDING_WINDOW = "issue 6"
+Progress = Callable[[int, int], None]  # (tokens done, tokens in the grid)
+
+
+class Generation:
+    """One request being decoded: its KV cache, the tokens drawn so far, its timings.
+
+    Not thread-safe on its own (one caller drives it); independent of every other Generation.
+    """
+
+    def __init__(self, *, generator: "Generator", state: DecodingState, logits: np.ndarray,
+                 prefix_length: int, tokens: np.ndarray, start: int, grid: Tuple[int, int],
+                 params: GenerationParams, timings: Dict[str, float]):
+        self._generator = generator
+        self._state: Optional[DecodingState] = state
+        self._logits = logits  # float32 [B, V]: predicts image token self._count
+        self._prefix_length = prefix_length
+        self._tokens = tokens  # int64 [B, h*w]; [:, :self._count] are final
+        self._count = start
+        self._grid = grid
+        self._params = params
+        self._seeds = params.row_seeds(tokens.shape[0])
+        self._timings = timings
+        self._cancelled = False
+
+    @property
+    def batch(self) -> int:
+        return self._tokens.shape[0]
+
+    @property
+    def total(self) -> int:
+        """Image tokens per row (h * w)."""
+        return self._tokens.shape[1]
+
+    @property
+    def position(self) -> int:
+        """Image tokens per row that are final (the image prefix included)."""
+        return self._count
+
+    @property
+    def done(self) -> bool:
+        return self._cancelled or self._count == self.total
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """int64 [B, position]: the image tokens so far, raster order (a copy)."""
+        return self._tokens[:, :self._count].copy()
+
+    def step(self) -> np.ndarray:
+        """Draws the next image token of every row -> int64 [B], and feeds it to the
+        transformer unless it is the last one."""
+        if self._state is None:
+            raise RequestError("this generation is cancelled" if self._cancelled
+                               else "this generation is done: call result()")
+        codes = self._generator.codebook_size
+        logits = self._logits if self._logits.shape[1] == codes else np.ascontiguousarray(
+            self._logits[:, :codes])
+        p = self._params
+        started = time.perf_counter()
+        token = sample_logits(logits, top_k=codes if p.top_k is None else p.top_k, top_p=p.top_p,
+                              temperature=p.temperature, seeds=self._seeds, step=self._count,
+                              greedy=p.greedy, num_threads=self._generator.num_threads)
+        sampled = time.perf_counter()
+        self._timings["sampling_s"] += sampled - started
+        self._tokens[:, self._count] = token
+        self._count += 1
+        if self._count < self.total:
+            self._logits = self._state.step(token, self._prefix_length + self._count - 1)
+            self._timings["steps_s"] += time.perf_counter() - sampled
+        else:
+            self._state = None  # the KV cache is no longer needed
+        return token
+
+    def cancel(self) -> None:
+        """Stops the generation and frees its KV cache; tokens stay readable."""
+        self._state = None
+        self._cancelled = self._count < self.total
+
+    def result(self) -> GenerationResult:
+        """The finished tokens [B, h, w] and their images (decoded now)."""
+        if self._cancelled:
+            raise RequestError(f"this generation was cancelled after {self._count} of "
+                               f"{self.total} tokens: no result (its tokens are in .tokens)")
+        if not self.done:
+            raise RequestError(f"this generation has {self._count} of {self.total} tokens: "
+                               "step() until done before result()")
+        grid = self._tokens.reshape((self.batch,) + self._grid)
+        started = time.perf_counter()
+        images = self._generator.decode(grid)
+        self._timings["image_decode_s"] = time.perf_counter() - started
+        return GenerationResult(tokens=grid, images=images, row_seeds=self._seeds,
+                                timings=StageTimings(**self._timings),
+                                backend=self._generator.backend)
+
+
+class Generator:
+    """A loaded bundle: generate images, or encode and decode through its VQGAN.
+
+    Args:
+        bundle_dir: a directory written by `vqrt build`.
+        backend: "auto" (the first of the bundle's backends that this runtime runs, in the
+            manifest's order of preference), "native" (the C++ decoder on the CPU) or
+            "onnxruntime" (the transformer graphs).
+        device: where the ONNX Runtime graphs run: "auto" (the CUDA provider where this
+            onnxruntime has one, else the CPU), "cpu" or "cuda" (an error if the CUDA provider
+            is missing or does not take a graph). The native backend runs on the CPU.
+            `providers` says what really runs each graph.
+        num_threads: threads of the native decoder, the sampler and ONNX Runtime's intra-op
+            pool; 0 = their defaults (one per core). Never changes the tokens.
+    """
+
+    def __init__(self, bundle_dir: Union[str, Path], backend: str = "auto", *,
+                 device: str = "auto", num_threads: int = 0):
+        self.bundle = load_bundle(bundle_dir)
+        if num_threads < 0:
+            raise RequestError(f"num_threads must be >= 0 (0 = one per core), got {num_threads}")
+        self.num_threads = num_threads
+        m = self.bundle.manifest
+        providers = execution_providers(device)
+        self._first_stage = FirstStage(self.bundle, providers, device, num_threads)
+        self.codebook_size = m.first_stage.codebook_size
+        self._transformer: Optional[Union[NativeBackend, OrtBackend]] = None
+        self._conditioner: Optional[Conditioner] = None
+        self.backend = "onnxruntime"  # a first stage alone: only its graphs
+        if m.kind == "net2net":
+            self.backend = choose_backend(self.bundle, backend)
+            self._transformer = (NativeBackend(self.bundle, num_threads)
+                                 if self.backend == "native"
+                                 else OrtBackend(self.bundle, providers, device, num_threads))
+            self._conditioner = Conditioner(self.bundle, providers, device, num_threads)
+
+    @property
+    def providers(self) -> Dict[str, Tuple[str, ...]]:
+        """graph -> the ONNX Runtime execution providers its session really uses, best first
+        (the native backend's transformer is not a graph and is not listed)."""
+        found = dict(self._first_stage.providers)
+        for part in (self._transformer, self._conditioner):
+            if part is not None:
+                found.update(part.providers)
+        return found
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def start(self, *, class_labels: Optional[ClassLabels] = None,
+              cond: Optional[np.ndarray] = None, prefix_tokens: Optional[np.ndarray] = None,
+              batch_size: Optional[int] = None,
+              params: GenerationParams = GenerationParams()) -> Generation:
+        """Checks the request, makes the prefix tokens and runs the prefill.
+
+        class_labels: class ids, one per row (class-conditional bundles).
+        cond: float32 [B, C, H, W] condition map (bundles with a cond_encoder graph or
+            coordinate conditioning); see conditioning.segmentation_one_hot.
+        prefix_tokens: int64 [B, K] image codes in raster order that the image starts with
+            (image completion; K < h*w). The top rows of an image: encode(images)[:, :rows]
+            flattened.
+        batch_size: rows; default the rows of the conditioning / prefix. One row of either is
+            repeated to the batch.
+        """
+        if not isinstance(params, GenerationParams):
+            raise RequestError(f"params must be a GenerationParams, got {type(params).__name__}")
+        if self._transformer is None:
+            raise RequestError(f"{self.bundle.path}: the bundle is a first stage alone "
+                               "(kind vqgan): it encodes and decodes but has no transformer to "
+                               "generate with")
+        h, w = self._first_stage.latent_grid(params.size)
+        total = h * w
+        if params.top_k is not None and params.top_k > self.codebook_size:
+            raise RequestError(f"top_k {params.top_k} exceeds the bundle's vocabulary of "
+                               f"{self.codebook_size} image codes")
+        started = time.perf_counter()
+        cond_rows = self._conditioner.prefix(class_labels, cond)  # [N, P]
+        image_rows = np.zeros((1, 0), dtype=np.int64)  # [N', K]
+        if prefix_tokens is not None:
+            image_rows = self._first_stage.check_codes(prefix_tokens, "prefix_tokens")
+            if image_rows.ndim != 2 or image_rows.shape[1] >= total:
+                raise RequestError(f"prefix_tokens must be [B, K] with K < {total} (the "
+                                   f"{h}x{w} grid), got shape {list(image_rows.shape)}")
+        batch = batch_size if batch_size is not None else max(len(cond_rows), len(image_rows))
+        batch = batch_rows(len(cond_rows), batch, "the conditioning")
+        batch = batch_rows(len(image_rows), batch, "prefix_tokens")
+        self._first_stage.check_batch(batch)
+        prefix = np.concatenate([np.broadcast_to(cond_rows, (batch, cond_rows.shape[1])),
+                                 np.broadcast_to(image_rows, (batch, image_rows.shape[1]))],
+                                axis=1)
+        prefix_length = cond_rows.shape[1]
+        block = self.bundle.manifest.transformer.block_size
+        if prefix_length + total - 1 > block:
+            raise RequestError(
+                f"a {h}x{w} grid after {prefix_length} prefix token(s) needs "
+                f"{prefix_length + total - 1} positions (the last token is never fed back), "
+                f"more than the transformer's block size {block}: grids beyond the block "
+                f"(sliding-window sampling) are {ISSUE_SLIDING_WINDOW}; ask for at most "
+                f"{block - prefix_length + 1} tokens")
+        conditioned = time.perf_counter()
+        state = self._transformer.new_state(batch)
+        logits = state.prefill(np.ascontiguousarray(prefix, dtype=np.int64))
+        prefilled = time.perf_counter()
+        tokens = np.zeros((batch, total), dtype=np.int64)
+        tokens[:, :image_rows.shape[1]] = image_rows
+        timings = {"conditioning_s": conditioned - started, "prefill_s": prefilled - conditioned,
+                   "steps_s": 0.0, "sampling_s": 0.0, "image_decode_s": 0.0}
+        return Generation(generator=self, state=state, logits=logits, prefix_length=prefix_length,
+                          tokens=tokens, start=image_rows.shape[1], grid=(h, w), params=params,
+                          timings=timings)
+
+    def generate(self, *, class_labels: Optional[ClassLabels] = None,
+                 cond: Optional[np.ndarray] = None, prefix_tokens: Optional[np.ndarray] = None,
+                 batch_size: Optional[int] = None, params: GenerationParams = GenerationParams(),
+                 progress: Optional[Progress] = None) -> GenerationResult:
+        """start(), step until done (calling progress(tokens done, tokens per row) after each
+        step), result(). Arguments as for start()."""
+        generation = self.start(class_labels=class_labels, cond=cond,
+                                prefix_tokens=prefix_tokens, batch_size=batch_size, params=params)
+        while not generation.done:
+            generation.step()
+            if progress is not None:
+                progress(generation.position, generation.total)
+        return generation.result()
+
+    # --- the VQGAN ----------------------------------------------------------------------------
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """float32 [B, C, H, W] in [-1, 1] (first_stage.from_pixels makes it from uint8) ->
+        code indices int64 [B, h, w]."""
+        return self._first_stage.encode(images)
+
+    def decode_raw(self, tokens: np.ndarray) -> np.ndarray:
+        """Code indices int64 [B, h, w] -> the decoder's output float32 [B, C, H, W],
+        unclamped."""
+        return self._first_stage.decode(tokens)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Code indices int64 [B, h, w] -> uint8 [B, H, W, C] (first_stage.to_pixels)."""
+        return to_pixels(self._first_stage.decode(tokens))

@@ -1,0 +1,279 @@
+// The CPU decoder (csrc/transformer.h) on a small random model (D = 12, not a multiple of 8):
+// cached steps against a full prefill recomputation, chunked prefill, batch rows against the
+// same rows alone, thread counts, ISAs against the generic kernels, every weight dtype, rewind,
+// and the argument errors.
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "errors.h"
+#include "transformer.h"
+
+using vqrt::CpuIsa;
+using vqrt::DType;
+using vqrt::TensorView;
+using vqrt::Transformer;
+using vqrt::TransformerConfig;
+
+namespace {
+
+TransformerConfig small_config() {
+  TransformerConfig c;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_embd = 48;
+  c.vocab_size = 61;
+  c.block_size = 40;
+  c.max_batch = 9;
+  return c;
+}
+
+// Random weights named as "vqrt-native-1", Linear weights stored as `dtype`.
+class RandomWeights {
+ public:
+  RandomWeights(const TransformerConfig& c, DType dtype, uint32_t seed) : rng_(seed) {
+    const int64_t C = c.n_embd;
+    add_f32("tok_emb", {c.vocab_size, C}, 1.0f);
+    add_f32("pos_emb", {c.block_size, C}, 0.5f);
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      const std::string p = "blocks." + std::to_string(i) + ".";
+      for (const char* ln : {"ln1", "ln2"}) {
+        add_f32(p + ln + ".weight", {C}, 0.1f, 1.0f);
+        add_f32(p + ln + ".bias", {C}, 0.1f);
+      }
+      add_linear(p + "attn.qkv", 3 * C, C, dtype);
+      add_linear(p + "attn.proj", C, C, dtype);
+      add_linear(p + "mlp.fc", 4 * C, C, dtype);
+      add_linear(p + "mlp.proj", C, 4 * C, dtype);
+    }
+    add_f32("ln_f.weight", {C}, 0.1f, 1.0f);
+    add_f32("ln_f.bias", {C}, 0.1f);
+    add_weight("head.weight", c.vocab_size, C, dtype, 3.0f);
+  }
+  std::map<std::string, TensorView> views;
+
+ private:
+  void add_f32(const std::string& name, std::vector<int64_t> shape, float stddev,
+               float mean = 0.0f) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::normal_distribution<float> normal(mean, stddev);
+    auto& data = f32_[name];
+    for (int64_t i = 0; i < n; ++i) data.push_back(normal(rng_));
+    views[name] = {DType::f32, data.data(), shape};
+  }
+  void add_linear(const std::string& name, int64_t n, int64_t k, DType dtype) {
+    add_weight(name + ".weight", n, k, dtype, 1.0f);
+    add_f32(name + ".bias", {n}, 0.1f);
+  }
+  void add_weight(const std::string& name, int64_t n, int64_t k, DType dtype, float gain) {
+    add_f32(name, {n, k}, gain / std::sqrt(static_cast<float>(k)));
+    if (dtype == DType::f32) return;
+    const std::vector<float>& w = f32_[name];
+    if (dtype == DType::i8) {
+      auto& q = i8_[name];
+      auto& scale = f32_[name + "_scale"];
+      for (int64_t o = 0; o < n; ++o) {
+        float peak = 0.0f;
+        for (int64_t i = 0; i < k; ++i) peak = std::max(peak, std::fabs(w[o * k + i]));
+        scale.push_back(peak / 127.0f);
+        for (int64_t i = 0; i < k; ++i) {
+          q.push_back(static_cast<int8_t>(std::lround(w[o * k + i] / scale[o])));
+        }
+      }
+      views[name] = {DType::i8, q.data(), {n, k}};
+      views[name + "_scale"] = {DType::f32, scale.data(), {n}};
+      return;
+    }
+    auto& bits = u16_[name];
+    for (float v : w) {  // bf16 by rounding; fp16 through the hardware-free path below
+      bits.push_back(dtype == DType::bf16 ? vqrt::float_to_bf16(v) : half_bits(v));
+    }
+    views[name] = {dtype, bits.data(), {n, k}};
+  }
+  // float -> half by truncation (weights here are normal numbers well inside the half range).
+  static uint16_t half_bits(float f) {
+    uint32_t b;
+    __builtin_memcpy(&b, &f, 4);
+    const int e = static_cast<int>((b >> 23) & 0xff) - 112;
+    if (e <= 0) return static_cast<uint16_t>((b >> 16) & 0x8000u);
+    return static_cast<uint16_t>(((b >> 16) & 0x8000u) | (e << 10) | ((b >> 13) & 0x3ffu));
+  }
+  std::mt19937 rng_;
+  std::map<std::string, std::vector<float>> f32_;
+  std::map<std::string, std::vector<uint16_t>> u16_;
+  std::map<std::string, std::vector<int8_t>> i8_;
+};
+
+std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int64_t> t(n);
+  for (int64_t& v : t) v = static_cast<int64_t>(rng() % vocab);
+  return t;
+}
+
+// Logits of every position 1..length-1 by prefill(1) and cached steps: [length, batch, vocab].
+std::vector<float> stepped_logits(Transformer& model, const std::vector<int64_t>& tokens,
+                                  int64_t batch, int64_t length) {
+  const int64_t V = model.config().vocab_size;
+  std::vector<float> out(length * batch * V);
+  std::vector<int64_t> column(batch);
+  for (int64_t b = 0; b < batch; ++b) column[b] = tokens[b * length];
+  model.prefill(column.data(), batch, 1, out.data());
+  for (int64_t t = 1; t < length; ++t) {
+    for (int64_t b = 0; b < batch; ++b) column[b] = tokens[b * length + t];
+    model.step(column.data(), batch, t, out.data() + t * batch * V);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(cached_steps_match_full_prefill) {
+  const TransformerConfig c = small_config();
+  for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::i8}) {
+    RandomWeights w(c, dtype, 1);
+    Transformer model(c, w.views);
+    const int64_t batch = 3, length = 30;  // 30 > 64 / 3 positions: the prefill runs in chunks
+    const std::vector<int64_t> tokens = random_tokens(batch * length, c.vocab_size, 2);
+    const std::vector<float> stepped = stepped_logits(model, tokens, batch, length);
+    const int64_t V = c.vocab_size;
+    std::vector<float> full(batch * V);
+    for (int64_t t : {1, 9, 21, 29}) {  // a fresh prefill of positions 0..t
+      std::vector<int64_t> prefix;
+      for (int64_t b = 0; b < batch; ++b) {
+        const auto row = tokens.begin() + b * length;
+        prefix.insert(prefix.end(), row, row + t + 1);
+      }
+      model.prefill(prefix.data(), batch, t + 1, full.data());
+      for (int64_t j = 0; j < batch * V; ++j) CHECK_EQ(full[j], stepped[t * batch * V + j]);
+    }
+  }
+}
+
+TEST(batch_rows_match_rows_alone_and_threads_do_not_matter) {
+  const TransformerConfig base = small_config();
+  RandomWeights w(base, DType::bf16, 4);
+  const int64_t batch = 9, length = 12, V = base.vocab_size;
+  const std::vector<int64_t> tokens = random_tokens(batch * length, V, 5);
+  TransformerConfig c = base;
+  c.num_threads = 2;
+  Transformer batched(c, w.views);
+  const std::vector<float> all = stepped_logits(batched, tokens, batch, length);
+  for (int threads : {1, 3}) {
+    c.num_threads = threads;
+    Transformer model(c, w.views);
+    for (int64_t b : {0, 4, 8}) {
+      const std::vector<int64_t> row(tokens.begin() + b * length,
+                                     tokens.begin() + (b + 1) * length);
+      const std::vector<float> alone = stepped_logits(model, row, 1, length);
+      for (int64_t t = 0; t < length; ++t) {
+        for (int64_t v = 0; v < V; ++v) CHECK_EQ(alone[t * V + v], all[(t * batch + b) * V + v]);
+      }
+    }
+  }
+}
+
+TEST(isas_match_generic) {
+  TransformerConfig c = small_config();
+  for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::i8}) {
+    RandomWeights w(c, dtype, 6);
+    const int64_t batch = 2, length = 20;
+    const std::vector<int64_t> tokens = random_tokens(batch * length, c.vocab_size, 7);
+    c.isa = CpuIsa::generic;
+    Transformer reference(c, w.views);
+    const std::vector<float> ref = stepped_logits(reference, tokens, batch, length);
+    for (CpuIsa isa : {CpuIsa::avx2, CpuIsa::avx512}) {
+      if (!vqrt::cpu_isa_runs(isa)) continue;
+      c.isa = isa;
+      Transformer model(c, w.views);
+      const std::vector<float> got = stepped_logits(model, tokens, batch, length);
+      for (size_t j = 0; j < ref.size(); ++j) CHECK_NEAR(got[j], ref[j], 2e-5, 2e-5);
+    }
+  }
+}
+
+TEST(bf16_activations_follow_the_setting_not_the_cpu) {
+  TransformerConfig c = small_config();
+  c.bf16_activations = true;
+  RandomWeights w(c, DType::bf16, 8);
+  const std::vector<int64_t> tokens = random_tokens(2 * 15, c.vocab_size, 9);
+  c.isa = CpuIsa::generic;
+  Transformer reference(c, w.views);
+  const std::vector<float> ref = stepped_logits(reference, tokens, 2, 15);
+  c.isa = vqrt::cpu_isa_supported();
+  Transformer model(c, w.views);
+  const std::vector<float> got = stepped_logits(model, tokens, 2, 15);
+  for (size_t j = 0; j < ref.size(); ++j) CHECK_NEAR(got[j], ref[j], 1e-4, 1e-4);
+}
+
+TEST(rewind_and_step_back) {
+  const TransformerConfig c = small_config();
+  RandomWeights w(c, DType::f32, 10);
+  Transformer model(c, w.views);
+  const int64_t V = c.vocab_size;
+  const std::vector<int64_t> tokens = random_tokens(8, V, 11);
+  const std::vector<float> first = stepped_logits(model, tokens, 1, 8);
+  std::vector<float> again(V);
+  model.rewind(5);
+  CHECK_EQ(model.length(), 5);
+  model.step(&tokens[5], 1, 5, again.data());
+  for (int64_t v = 0; v < V; ++v) CHECK_EQ(again[v], first[5 * V + v]);
+  model.step(&tokens[3], 1, 3, again.data());  // stepping back is a rewind
+  CHECK_EQ(model.length(), 4);
+  for (int64_t v = 0; v < V; ++v) CHECK_EQ(again[v], first[3 * V + v]);
+}
+
+TEST(argument_errors) {
+  TransformerConfig c = small_config();
+  RandomWeights w(c, DType::i8, 12);
+  {
+    auto views = w.views;
+    views.erase("blocks.1.ln2.bias");
+    CHECK_THROWS(Transformer(c, views), vqrt::Error, "missing tensor blocks.1.ln2.bias [48]");
+    views = w.views;
+    views["blocks.0.attn.qkv.weight"].shape = {144, 47};
+    CHECK_THROWS(Transformer(c, views), vqrt::Error,
+                 "tensor blocks.0.attn.qkv.weight has shape [144, 47], expected [144, 48]");
+    views = w.views;
+    views.erase("head.weight_scale");
+    CHECK_THROWS(Transformer(c, views), vqrt::Error, "missing tensor head.weight_scale [61]");
+    views = w.views;
+    views["ln_f.bias"].dtype = DType::bf16;
+    CHECK_THROWS(Transformer(c, views), vqrt::Error, "ln_f.bias has dtype BF16, expected F32");
+  }
+  c.bf16_activations = true;
+  CHECK_THROWS(Transformer(c, w.views), vqrt::Error,
+               "bf16_activations needs BF16 Linear weights, got I8");
+  c.bf16_activations = false;
+  c.max_len = 41;
+  CHECK_THROWS(Transformer(c, w.views), vqrt::Error, "max_len must be in [1, block size 40]");
+  c.max_len = 0;
+  Transformer model(c, w.views);
+  std::vector<int64_t> tokens(10 * 41, 1);
+  std::vector<float> logits(10 * c.vocab_size);
+  CHECK_THROWS(model.step(tokens.data(), 1, 0, logits.data()), vqrt::Error, "step before prefill");
+  CHECK_THROWS(model.prefill(tokens.data(), 10, 1, logits.data()), vqrt::Error,
+               "batch 10 is outside [1, max batch 9]");
+  CHECK_THROWS(model.prefill(tokens.data(), 1, 41, logits.data()), vqrt::Error,
+               "prefill length 41 is outside [1, max length 40]");
+  tokens[3] = 61;
+  CHECK_THROWS(model.prefill(tokens.data(), 1, 5, logits.data()), vqrt::Error,
+               "token 61 at index 3 is outside the vocabulary [0, 61)");
+  tokens[3] = 1;
+  model.prefill(tokens.data(), 2, 40, logits.data());
+  CHECK_THROWS(model.step(tokens.data(), 1, 40, logits.data()), vqrt::Error,
+               "step batch 1 does not match the prefill batch 2");
+  CHECK_THROWS(model.step(tokens.data(), 2, 40, logits.data()), vqrt::Error,
+               "position 40 is beyond the max length 40 (block size 40)");
+  model.rewind(3);
+  CHECK_THROWS(model.step(tokens.data(), 2, 4, logits.data()), vqrt::Error,
+               "position 4 is outside [0, cached length 3]");
+}
+
+int main() { return check::run_tests(); }

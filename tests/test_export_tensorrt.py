@@ -1,0 +1,229 @@
+"""TensorRT engines (`--backend tensorrt`). The engine tests run only where TensorRT 10 and a GPU
+exist and skip elsewhere with what was found; the profile arithmetic, and vqrt's glue around
+TensorRT with a stand-in module, run everywhere."""
+import importlib.machinery
+import sys
+from pathlib import Path
+
+import pytest
+
+from vqrt.export import tensorrt_engines
+from vqrt.export.build import BuildError, BuildOptions, build_bundle
+from vqrt.runtime.bundle import (
+    Conditioning, FirstStageSpec, GraphSpec, Limits, TransformerSpec, load_bundle)
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+
+
+def tensorrt_or_skip() -> tensorrt_engines.TensorRTEnvironment:
+    try:
+        return tensorrt_engines.probe()
+    except tensorrt_engines.TensorRTUnavailable as e:
+        pytest.skip(f"needs TensorRT 10 and a CUDA GPU: {e}")
+
+
+def test_profiles_cover_batch_and_latent_ranges():
+    graph = GraphSpec("x.onnx", "fp32", 17, (), ())
+    graphs = {name: graph for name in ("encoder", "decoder", "transformer_prefill",
+                                       "transformer_step")}
+    first_stage = FirstStageSpec(3, (64, 64), 8, (8, 8), 256, 48, "vq", (-1.0, 1.0))
+    transformer = TransformerSpec(256, 65, 2, 4, 48, 12, 0)
+    conditioning = Conditioning("class", 1, n_classes=8)
+    limits = Limits(max_batch=4, max_latent=(16, 32), max_sequence=65)
+    profiles = tensorrt_engines.engine_profiles(graphs, first_stage, transformer, conditioning,
+                                                None, limits)
+    image = profiles["encoder"]["image"]
+    assert (image.min, image.opt, image.max) == ((1, 3, 8, 8), (1, 3, 64, 64), (4, 3, 128, 256))
+    indices = profiles["decoder"]["indices"]
+    assert (indices.min, indices.opt, indices.max) == ((1, 1, 1), (1, 8, 8), (4, 16, 32))
+    tokens = profiles["transformer_prefill"]["tokens"]
+    assert (tokens.min, tokens.opt, tokens.max) == ((1, 1), (1, 1), (4, 65))
+    assert profiles["transformer_step"]["tokens"].max == (4, 1)
+    assert profiles["transformer_step"]["kv_cache"].max == (2, 2, 4, 4, 65, 12)
+    assert "position" not in profiles["transformer_step"]  # data, not a shape
+
+
+def test_opt_shape_is_clamped_to_a_smaller_max():
+    graphs = {"decoder": GraphSpec("d.onnx", "fp32", 17, (), ())}
+    first_stage = FirstStageSpec(3, (256, 256), 16, (16, 16), 1024, 256, "vq", (-1.0, 1.0))
+    limits = Limits(max_batch=1, max_latent=(8, 8), max_sequence=None)
+    profile = tensorrt_engines.engine_profiles(graphs, first_stage, None, None, None, limits)
+    assert profile["decoder"]["indices"].opt == (1, 8, 8)
+
+
+def test_timing_cache_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("VQRT_CACHE_DIR", str(tmp_path))
+    env = tensorrt_engines.TensorRTEnvironment("10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+    path = tensorrt_engines.timing_cache_path(env)
+    assert path == tmp_path / "tensorrt" / "timing-10.3.0-NVIDIA-H100-80GB-HBM3-sm9.0.cache"
+
+
+@pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(), reason=f"no golden data at {GOLDEN}")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_engines_build_and_deserialize(tmp_path, monkeypatch, precision):
+    env = tensorrt_or_skip()
+    import tensorrt as trt
+    monkeypatch.setenv("VQRT_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bundle"
+    build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(precision=precision,
+                                                          backend="tensorrt"),
+                 config=GOLDEN / "transformer.yaml", log=print)
+    manifest = load_bundle(out).manifest
+    assert manifest.backends[0] == "tensorrt"
+    assert (manifest.tensorrt.version, manifest.tensorrt.gpu) == (env.version, env.gpu)
+    assert set(manifest.tensorrt.engines) == set(manifest.graphs)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    for name, engine_spec in manifest.tensorrt.engines.items():
+        engine = runtime.deserialize_cuda_engine((out / engine_spec.file).read_bytes())
+        assert engine is not None, name
+        io_names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        graph = manifest.graphs[name]
+        assert io_names == {t.name for t in graph.inputs + graph.outputs}
+    assert tensorrt_engines.timing_cache_path(env).is_file()  # kept for the next build
+
+
+class FakeTensorRT:
+    """A stand-in for the tensorrt module that records what vqrt asks of it. It checks vqrt's
+    glue (profiles, flags, files, manifest, timing cache), never TensorRT itself."""
+    __version__ = "10.99.0"
+
+    class Logger:
+        WARNING = "warning"
+
+        def __init__(self, level):
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class BuilderFlag:
+        BF16 = "bf16"
+        TF32 = "tf32"
+
+    def __init__(self, fail: bool = False):
+        self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # torch looks for one
+        self.calls = []
+        self.fail = fail
+        fake = self
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return self.data + b"+"
+
+        class Config:
+            def __init__(self):
+                self.cache = None
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("pool", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("set_flag", flag))
+
+            def clear_flag(self, flag):
+                fake.calls.append(("clear_flag", flag))
+
+            def add_optimization_profile(self, profile):
+                return 0
+
+            def create_timing_cache(self, data):
+                return Cache(data)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+                return True
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Profile:
+            def set_shape(self, name, low, opt, high):
+                fake.calls.append(("shape", name, low, opt, high))
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return None if fake.fail else b"engine bytes"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", Path(path).name))
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+ENV = tensorrt_engines.TensorRTEnvironment("10.99.0", "Fake GPU", "9.0")
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch, tmp_path):
+    def install(fail=False):
+        fake = FakeTensorRT(fail)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake)
+        monkeypatch.setattr(tensorrt_engines, "probe", lambda: ENV)
+        monkeypatch.setenv("VQRT_CACHE_DIR", str(tmp_path / "cache"))
+        return fake
+    return install
+
+
+@pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(), reason=f"no golden data at {GOLDEN}")
+def test_engine_glue_with_a_stand_in(fake_tensorrt, tmp_path):
+    fake = fake_tensorrt()
+    out = tmp_path / "bundle"
+    build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(precision="fp16", backend="tensorrt"),
+                 config=GOLDEN / "transformer.yaml", log=lambda line: None)
+    manifest = load_bundle(out).manifest
+    assert manifest.backends == ("tensorrt", "onnxruntime")
+    assert manifest.tools["tensorrt"] == "10.99.0" and "Fake GPU" in manifest.tools["gpu"]
+    engines = manifest.tensorrt.engines
+    assert sorted(engines) == sorted(manifest.graphs)
+    assert (out / engines["decoder"].file).read_bytes() == b"engine bytes"
+    assert engines["decoder"].profile["indices"].max == (8, 8, 8)
+    assert ("network", 1 << 5) in fake.calls  # fp16: strongly typed
+    assert ("shape", "kv_cache", (2, 2, 1, 4, 65, 12), (2, 2, 1, 4, 65, 12),
+            (2, 2, 8, 4, 65, 12)) in fake.calls
+    # The timing cache grew once per engine and was kept for the next build.
+    cache = tensorrt_engines.timing_cache_path(ENV).read_bytes()
+    assert cache == b"+" * len(engines)
+
+
+@pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(), reason=f"no golden data at {GOLDEN}")
+def test_auto_falls_back_when_an_engine_fails(fake_tensorrt, tmp_path):
+    fake_tensorrt(fail=True)
+    out = tmp_path / "bundle"
+    build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(precision="bf16"),
+                 config=GOLDEN / "transformer.yaml", log=lambda line: None)
+    manifest = load_bundle(out).manifest
+    assert manifest.tensorrt is None and "tensorrt" not in manifest.backends
+    assert not (out / tensorrt_engines.ENGINE_DIR).exists()
+    assert any(note.startswith("TensorRT not used: TensorRT could not build") for note in
+               manifest.notes)
+    with pytest.raises(BuildError, match="TensorRT could not build an engine from encoder.onnx"):
+        build_bundle(GOLDEN / "model.ckpt", tmp_path / "b2",
+                     BuildOptions(precision="bf16", backend="tensorrt"),
+                     config=GOLDEN / "transformer.yaml", log=lambda line: None)
+    assert not (tmp_path / "b2").exists()

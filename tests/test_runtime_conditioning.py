@@ -1,0 +1,90 @@
+"""Generator prefixes for every conditioning kind but class ids (tests/test_runtime_generate.py):
+unconditional (SOS), a segmentation map through the cond_encoder graph, an image through the
+first stage as cond encoder (resized), coordinates. Greedy tokens of both backends against the
+torch model, on the tiny random bundles of tests/test_export_conditioning.py.
+
+Their vocabulary (72) is larger than the codebook (64): the runtime draws image tokens from the
+64 codes only, so the torch reference takes its argmax over those too."""
+import numpy as np
+import pytest
+import torch
+
+from test_export_conditioning import CASES
+from torch_threads import one_torch_thread
+from vqrt.export.build import BuildOptions, build_bundle
+from vqrt.runtime import GenerationParams, Generator, RequestError, segmentation_one_hot
+from vqrt.trainer.checkpoints import load_checkpoint, save_checkpoint
+from vqrt.trainer.model_config import parse_model_config
+from vqrt.trainer.models.net2net import Net2NetTransformer
+
+BATCH = 2
+
+
+@pytest.fixture(scope="module",
+                params=["unconditional", "segmentation", "first_stage_resized", "coord"])
+def case(request, tmp_path_factory):
+    """-> (name, bundle path, the condition for the Generator, torch's greedy tokens)."""
+    name = request.param
+    model_config = CASES[name][0]
+    root = tmp_path_factory.mktemp(f"runtime-{name}")
+    with one_torch_thread():
+        torch.manual_seed(0)
+        model = Net2NetTransformer(parse_model_config(model_config).config).eval()
+        with torch.no_grad():  # spread the codes and logits of the random model
+            for module in model.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    module.weight.normal_()
+        save_checkpoint(root / "ckpt", model, model_config)
+        build_bundle(root / "ckpt", root / "bundle", BuildOptions(), log=lambda line: None)
+        loaded = load_checkpoint(root / "ckpt")
+        cond, torch_cond = condition(name)
+        prefix = loaded.model.encode_to_c(torch_cond)
+        assert prefix.shape[1] == CASES[name][2]
+        codes = loaded.first_stage.cfg.n_embed
+        expected = torch_greedy(loaded, prefix, 64, codes)
+    return name, root / "bundle", cond, expected
+
+
+def condition(name: str):
+    """-> (cond for the Generator or None, what the torch model's encode_to_c takes)."""
+    rng = np.random.default_rng(5)
+    if name == "unconditional":
+        return None, BATCH
+    if name == "segmentation":
+        cond = segmentation_one_hot(rng.integers(0, 5, (BATCH, 16, 16)), 5)
+    elif name == "coord":
+        cond = rng.uniform(0, 1, (BATCH, 1, 16, 16)).astype(np.float32)
+    else:
+        cond = rng.uniform(-1, 1, (BATCH, 3, 16, 16)).astype(np.float32)
+    return cond, torch.from_numpy(cond)
+
+
+@torch.no_grad()
+def torch_greedy(loaded, prefix: torch.Tensor, steps: int, codes: int) -> np.ndarray:
+    """Full recomputation every step, argmax over the first `codes` logits."""
+    sequence = prefix
+    for _ in range(steps):
+        logits = loaded.transformer(sequence)[:, -1, :codes]
+        sequence = torch.cat([sequence, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    return sequence[:, prefix.shape[1]:].numpy()
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+def test_greedy_matches_torch(case, backend):
+    name, bundle, cond, expected = case
+    generator = Generator(bundle, backend=backend, device="cpu", num_threads=1)
+    result = generator.generate(cond=cond, batch_size=BATCH, params=GenerationParams(greedy=True))
+    np.testing.assert_array_equal(result.tokens.reshape(BATCH, -1), expected)
+
+
+def test_condition_must_fit_the_bundle(case):
+    name, bundle, cond, _ = case
+    generator = Generator(bundle, backend="onnxruntime", device="cpu", num_threads=1)
+    if name == "unconditional":
+        with pytest.raises(RequestError, match="unconditional: class_labels"):
+            generator.start(class_labels=[1])
+        return
+    with pytest.raises(RequestError, match="pass cond"):
+        generator.start()
+    with pytest.raises(RequestError, match=rf"cond must be float32 \[B, {cond.shape[1]}, H, W\]"):
+        generator.start(cond=np.zeros((1, cond.shape[1] + 1, 16, 16), np.float32))

@@ -1,0 +1,109 @@
+"""Requests the bundle cannot serve fail before any work with one line naming the value and the
+limit; GenerationParams checks its own fields."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vqrt.runtime import BundleError, GenerationParams, Generator, RequestError
+
+
+@pytest.fixture(scope="module")
+def generator(golden_bundle):
+    return Generator(golden_bundle, backend="onnxruntime", device="cpu", num_threads=1)
+
+
+def one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("request_kwargs, expected", [
+    (dict(class_labels=[1, 9]), ["class id 9", "8 classes"]),
+    (dict(class_labels=[-1]), ["class id -1", "8 classes"]),
+    (dict(class_labels=[1] * 9), ["batch 9", "max batch 8"]),
+    (dict(class_labels=[1], batch_size=9), ["batch 9", "max batch 8"]),
+    (dict(class_labels=[1, 2], batch_size=3), ["batch_size 3", "2 rows"]),
+    (dict(class_labels=[1], params=GenerationParams(size=(60, 64))),
+     ["width 60", "downsampling factor 8", "56 or 64"]),
+    (dict(class_labels=[1], params=GenerationParams(size=(64, 72))),
+     ["64x72", "largest 64x64"]),
+    (dict(class_labels=[1], params=GenerationParams(top_k=300)), ["top_k 300", "256"]),
+    (dict(), ["class-conditional", "class_labels"]),
+    (dict(class_labels=[1], cond=np.zeros((1, 3, 64, 64), np.float32)), ["cond"]),
+    (dict(class_labels=[1], prefix_tokens=np.full((1, 3), 256)), ["code 256", "[0, 256)"]),
+    (dict(class_labels=[1], prefix_tokens=np.zeros((1, 64), np.int64)), ["K < 64"]),
+    (dict(class_labels=[1], params="greedy"), ["GenerationParams"]),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_requests_name_both_numbers(generator, request_kwargs, expected):
+    with pytest.raises(RequestError) as error:
+        generator.start(**request_kwargs)
+    message = one_line(error)
+    for part in expected:
+        assert part in message, message
+
+
+@pytest.mark.parametrize("fields, expected", [
+    (dict(top_k=0), "top_k must be >= 1, got 0"),
+    (dict(top_k=2.5), "top_k must be an integer"),
+    (dict(top_p=0.0), "top_p must be in (0, 1], got 0.0"),
+    (dict(top_p=1.5), "top_p must be in (0, 1]"),
+    (dict(temperature=0), "temperature must be > 0, got 0"),
+    (dict(temperature=float("nan")), "temperature must be finite"),
+    (dict(seed=-1), "seed must be in [0, 18446744073709551616), got -1"),
+    (dict(seed=2**64), "seed must be in"),
+    (dict(greedy="yes"), "greedy must be True or False"),
+    (dict(size=(64,)), "size must be (width, height)"),
+    (dict(size=(0, 64)), "size width must be >= 1, got 0"),
+])
+def test_params_are_checked_on_construction(fields, expected):
+    with pytest.raises(RequestError) as error:
+        GenerationParams(**fields)
+    assert expected in one_line(error)
+
+
+def test_params_are_frozen_and_normalised():
+    params = GenerationParams(top_k=np.int64(5), temperature=1, size=[64, 32])
+    assert params.top_k == 5 and type(params.top_k) is int
+    assert params.temperature == 1.0 and params.size == (64, 32)
+    with pytest.raises(AttributeError):
+        params.seed = 3
+    assert list(GenerationParams(seed=2**64 - 1).row_seeds(3)) == [2**64 - 1, 0, 1]
+
+
+def test_grid_beyond_the_block_size_names_issue_6(golden_bundle, tmp_path):
+    """A bundle whose max latent exceeds the block (vqrt build --max-size 128x64 gives this
+    manifest; edited here to save a build): 8x16 = 128 tokens do not fit a block of 65."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(golden_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["limits"]["max_latent"] = [8, 16]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    generator = Generator(bundle, backend="native", num_threads=1)
+    with pytest.raises(RequestError) as error:
+        generator.start(class_labels=[1], params=GenerationParams(size=(128, 64)))
+    message = one_line(error)
+    assert "8x16 grid" in message and "128 positions" in message
+    assert "block size 65" in message and "issue 6" in message
+
+
+def test_backend_and_device_choices(golden_bundle, tmp_path):
+    with pytest.raises(RequestError, match="backend must be one of auto, native, onnxruntime"):
+        Generator(golden_bundle, backend="tensorrt")
+    with pytest.raises(RequestError, match="device must be one of auto, cpu, cuda"):
+        Generator(golden_bundle, device="gpu")
+    with pytest.raises(BundleError, match="no such directory"):
+        Generator(tmp_path / "missing")
+
+
+def test_decode_and_encode_check_their_inputs(generator, golden_refs):
+    with pytest.raises(RequestError, match=r"code 300, outside the codebook's \[0, 256\)"):
+        generator.decode(np.full((1, 8, 8), 300))
+    with pytest.raises(RequestError, match="batch 9 exceeds the bundle's max batch 8"):
+        generator.decode(np.zeros((9, 8, 8), np.int64))
+    with pytest.raises(RequestError, match=r"images must be float32 \[B, 3, H, W\]"):
+        generator.encode(np.zeros((1, 64, 64, 3), np.float32))
+    with pytest.raises(RequestError, match="height 60 is not a multiple"):
+        generator.encode(np.zeros((1, 3, 60, 64), np.float32))
