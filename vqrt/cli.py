@@ -25,7 +25,7 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 2  # also what argparse uses for bad usage
 
 # Modules of the `train` extra; a command needing one reports how to install it.
-_TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy")
+_TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy", "PIL", "tqdm")
 
 
 class CommandError(Exception):

@@ -1,0 +1,132 @@
+"""Stage 1 training on the sample photos: the loss falls, resume is exact, the run loads,
+`vqrt inspect` and `vqrt eval` read it, and the loss pieces behave as upstream's."""
+import shutil
+
+import pytest
+import torch
+
+from train_helpers import (
+    DATA, assert_same_tensors, image_subset, metrics, needs_data, segmentation_subset,
+    tiny_segmentation_config, tiny_vqgan_config, weights)
+from vqrt.cli import main
+from vqrt.trainer.checkpoints import load_checkpoint
+from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
+from vqrt.trainer.training import TrainingError
+
+torch.set_num_threads(1)
+
+
+def train(tmp_path, out, steps, *extra, disc_start=10):
+    config = tiny_vqgan_config(tmp_path / "tiny.yaml", disc_start)
+    data = tmp_path / "photos"
+    if not data.exists():
+        image_subset(data, 12)
+    return main(["train", "vqgan", "--data", str(data), "--config", str(config), "--out",
+                 str(out), "--steps", str(steps), "--batch-size", "4", "--lr", "1e-3", *extra])
+
+
+@needs_data
+def test_loss_falls_and_the_run_loads(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tmp_path, run, 120, "--sample-every", "120", "--checkpoint-every", "60",
+                 "--log-every", "20", disc_start=100) == 0
+    l1 = metrics(run, "l1")  # means over 20 steps
+    assert l1[4] < 0.8 * l1[0], l1  # steps 1-20 against 81-100, before the discriminator
+    assert metrics(run, "d")  # the discriminator trained from step 100 on
+    assert "perceptual loss off" in capsys.readouterr().out
+    assert (run / "samples" / "step_0000120.png").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_0000060", "step_0000120"]
+    loaded = load_checkpoint(run)
+    assert loaded.kind == "vqgan" and loaded.weights_format == "vqrt"
+    assert main(["inspect", str(run)]) == 0
+    assert "taming.models.vqgan.VQModel" in capsys.readouterr().out
+    assert main(["eval", "vqgan", str(run), "--data", str(tmp_path / "photos")]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "SSIM" in out and "codes used" in out
+
+
+@needs_data
+def test_resume_gives_the_same_weights(tmp_path):
+    whole = tmp_path / "whole"
+    assert train(tmp_path, whole, 16, "--checkpoint-every", "8", "--restart-dead-codes", "5",
+                 disc_start=4) == 0
+    assert metrics(whole, "restarted_codes")  # its usage counts are checkpoint state too
+    # A run stopped right after its step-8 checkpoint, then resumed.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(whole, stopped)
+    shutil.rmtree(stopped / "checkpoints" / "step_0000016")
+    for name in ("model.safetensors", "config.json", "metrics.jsonl"):
+        (stopped / name).unlink()
+    assert main(["train", "vqgan", "--out", str(stopped), "--resume"]) == 0
+    for name in ("model.safetensors", "state.safetensors"):
+        assert_same_tensors(weights(whole / "checkpoints" / "step_0000016" / name),
+                            weights(stopped / "checkpoints" / "step_0000016" / name))
+
+
+@needs_data
+def test_resume_refuses_to_change_what_is_trained(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tmp_path, run, 2) == 0
+    assert main(["train", "vqgan", "--out", str(run), "--resume", "--batch-size", "2"]) == 2
+    assert "cannot change it" in capsys.readouterr().err
+    assert train(tmp_path, run, 2) == 2  # a second fresh run into the same folder
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+@needs_data
+def test_segmentation_cond_stage(tmp_path, capsys):
+    data = segmentation_subset(tmp_path / "ade", 6)
+    config = tiny_segmentation_config(tmp_path / "seg.yaml", 151)
+    run = tmp_path / "seg"
+    assert main(["train", "vqgan", "--data", str(data), "--config", str(config), "--out",
+                 str(run), "--steps", "30", "--batch-size", "4", "--lr", "1e-3",
+                 "--n-labels", "151", "--log-every", "10"]) == 0
+    bce = metrics(run, "bce")
+    assert bce[-1] < 0.5 * bce[0], bce
+    assert load_checkpoint(run).config.colorize_nlabels == 151
+    assert main(["eval", "vqgan", str(run), "--data", str(data)]) == 0
+    assert "pixel accuracy" in capsys.readouterr().out
+
+
+def test_discriminator_layout_matches_upstream():
+    names = {k: tuple(v.shape) for k, v in NLayerDiscriminator(3, 64, 3).state_dict().items()}
+    assert names["main.0.weight"] == (64, 3, 4, 4) and "main.0.bias" in names
+    assert names["main.2.weight"] == (128, 64, 4, 4) and "main.2.bias" not in names
+    assert names["main.3.running_mean"] == (128,)
+    assert names["main.8.weight"] == (512, 256, 4, 4)
+    assert names["main.11.weight"] == (1, 512, 4, 4)
+    assert torch.Size([1, 1, 6, 6]) == NLayerDiscriminator(3, 8, 3)(torch.zeros(1, 3, 64, 64)).shape
+
+
+def test_adaptive_weight_is_the_clamped_gradient_norm_ratio():
+    layer = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    rec = (3.0 * layer).sum()  # gradient (3, 3): norm 3 * sqrt(2)
+    gan = (layer ** 2).sum()  # gradient (2, 4): norm sqrt(20)
+    expected = 3 * 2 ** 0.5 / (20 ** 0.5 + 1e-4)
+    assert adaptive_weight(rec, gan, layer).item() == pytest.approx(expected, rel=1e-6)
+    flat = (0.0 * layer).sum()
+    assert adaptive_weight((1e9 * layer).sum(), flat, layer).item() == 1e4  # the clamp
+
+
+def test_lpips_weights_load_in_the_upstream_layout(tmp_path, capsys):
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    state = {"loss.perceptual_loss." + k: torch.rand_like(v)
+             for k, v in LPIPS().state_dict().items()}
+    path = tmp_path / "lpips.safetensors"
+    save_file(state, str(path))
+    lpips = load_lpips(path)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert lpips(a, b).shape == (2, 1, 1, 1) and float(lpips(a, b).min()) > 0
+    assert float(lpips(a, a).abs().max()) == 0.0
+    if (DATA / "images").is_dir():  # the term joins the objective when the weights are given
+        assert train(tmp_path, tmp_path / "run", 2, "--perceptual-weights", str(path),
+                     "--log-every", "1") == 0
+        assert len(metrics(tmp_path / "run", "lpips")) == 2
+        assert main(["eval", "vqgan", str(tmp_path / "run"), "--data", str(tmp_path / "photos"),
+                     "--perceptual-weights", str(path)]) == 0
+        assert "LPIPS" in capsys.readouterr().out
+    save_file({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, str(path))
+    with pytest.raises(TrainingError, match="not LPIPS weights"):
+        load_lpips(path)

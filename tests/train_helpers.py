@@ -1,0 +1,76 @@
+"""Shared pieces of the training tests: the sample data, tiny configs, small data folders."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "images").is_dir(),
+                                reason=f"sample data not found at {DATA}")
+
+# f = 4 at 32 px (an 8 x 8 latent), no attention but the mid blocks: ~0.75 M parameters.
+TINY_DDCONFIG = {"double_z": False, "z_channels": 16, "resolution": 32, "in_channels": 3,
+                 "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1,
+                 "attn_resolutions": [], "dropout": 0.0}
+
+
+def tiny_vqgan_config(path: Path, disc_start: int = 10) -> Path:
+    model = {"base_learning_rate": 1e-4, "target": "taming.models.vqgan.VQModel", "params": {
+        "embed_dim": 16, "n_embed": 64, "ddconfig": TINY_DDCONFIG,
+        "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+                       "params": {"disc_start": disc_start, "disc_weight": 0.8, "disc_ndf": 16,
+                                  "disc_num_layers": 2}}}}
+    path.write_text(yaml.safe_dump({"model": model}))
+    return path
+
+
+def tiny_segmentation_config(path: Path, n_labels: int) -> Path:
+    ddconfig = dict(TINY_DDCONFIG, in_channels=n_labels, out_ch=n_labels)
+    model = {"base_learning_rate": 1e-4, "target": "taming.models.vqgan.VQSegmentationModel",
+             "params": {"embed_dim": 16, "n_embed": 32, "n_labels": n_labels,
+                        "ddconfig": ddconfig,
+                        "lossconfig": {"target": "taming.modules.losses.segmentation."
+                                                 "BCELossWithQuant",
+                                       "params": {"codebook_weight": 1.0}}}}
+    path.write_text(yaml.safe_dump({"model": model}))
+    return path
+
+
+def image_subset(folder: Path, count: int, source: Path = None) -> Path:
+    """folder with links to the first `count` sample photos."""
+    source = source or DATA / "images"
+    folder.mkdir(parents=True)
+    for photo in sorted(source.glob("*.jpg"))[:count]:
+        os.symlink(photo, folder / photo.name)
+    return folder
+
+
+def segmentation_subset(folder: Path, count: int) -> Path:
+    """folder/images and folder/segmentations with the first `count` ADE20K pairs."""
+    for sub in ("images", "segmentations"):
+        (folder / sub).mkdir(parents=True)
+    for photo in sorted((DATA / "ade20k" / "images").glob("*.jpg"))[:count]:
+        os.symlink(photo, folder / "images" / photo.name)
+        label_map = DATA / "ade20k" / "segmentations" / (photo.stem + ".png")
+        os.symlink(label_map, folder / "segmentations" / label_map.name)
+    return folder
+
+
+def metrics(run: Path, key: str):
+    """Values of `key` in run/metrics.jsonl, in order."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if key in line]
+
+
+def weights(path: Path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def assert_same_tensors(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -1,0 +1,357 @@
+"""Stage 1: `vqrt train vqgan` trains a VQGAN (photos) or a segmentation cond stage.
+
+VQModel objective (upstream VQLPIPSWithDiscriminator), images x and reconstructions x' in [-1, 1]:
+  rec   = mean(|x - x'| + perceptual_weight * LPIPS(x, x'))   (LPIPS only with its weights)
+  L_ae  = rec + codebook_weight * (commitment + codebook terms)
+          + [step >= disc_start] * disc_factor * lambda * (-mean(D(x')))
+  L_D   = [step >= disc_start] * disc_factor * hinge(D(x), D(x'))
+lambda is the adaptive weight (losses.adaptive_weight) times disc_weight. Adam(lr, betas
+(0.5, 0.9)) for both. Before disc_start the discriminator is not run at all: upstream runs it
+with factor 0, which changes no weight of the autoencoder.
+The discriminator step scores the reconstructions of the autoencoder step (detached); upstream
+(Lightning, one optimizer after the other) re-runs the autoencoder after its update first.
+
+VQSegmentationModel (upstream BCELossWithQuant): inputs are one-hot label maps (B, n_labels,
+S, S); L = BCE-with-logits(x', one-hot) + codebook_weight * quantizer loss; no discriminator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+
+from vqrt.trainer.codebook_restart import DeadCodeRestart
+from vqrt.trainer.data import (
+    Dataset, apply_crop, batch_indices, center_crop, load_images, load_segmentations, one_hot,
+    random_crop, to_model_range)
+from vqrt.trainer.evaluate import evaluate_first_stage
+from vqrt.trainer.losses import DISCRIMINATOR_LOSSES, NLayerDiscriminator, adaptive_weight, \
+    load_lpips
+from vqrt.trainer.model_config import VQMODEL, VQSEGMENTATION, ConfigError, parse_model_config
+from vqrt.trainer.models.vqgan import VQModel
+from vqrt.trainer.training import (
+    MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, data_parallel,
+    latest_checkpoint, load_training_checkpoint, merge_settings, prepare_run, progress_bar,
+    require_positive, samples_path, save_grid, save_training_checkpoint, seed_step,
+    settings_to_json, start_processes, stop_processes, write_json, SETTINGS_FILE)
+
+VQ_LOSS = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
+SEGMENTATION_LOSS = "taming.modules.losses.segmentation.BCELossWithQuant"
+GRID_IMAGES = 8
+
+
+@dataclass
+class VQGANSettings:
+    """`vqrt train vqgan` options, as stored in RUN/train.json."""
+    data: str
+    config: str
+    out: str
+    steps: int
+    stage: str = "vqgan"
+    size: Optional[int] = None  # training crop side; default: the config's resolution
+    resize: Optional[int] = None  # shorter image side before cropping; default: size
+    batch_size: int = 8
+    lr: Optional[float] = None  # default: base_learning_rate x batch_size x processes
+    seed: int = 0
+    val_fraction: float = 0.1
+    n_labels: Optional[int] = None  # segmentation cond stage only; must match the config
+    perceptual_weights: Optional[str] = None
+    checkpoint_every: int = 1000
+    sample_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    restart_dead_codes: int = 0  # steps between dead-code restarts; 0: never (upstream)
+    device: str = "auto"
+    world_size: int = 1
+
+
+# Fields a resumed run may change: where it lives, how long and how often, not what is
+# trained.
+RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "sample_every", "log_every",
+                     "keep_checkpoints", "device")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """lossconfig.params of the YAML. pixelloss_weight is accepted and unused, as upstream."""
+    disc_start: int = 0
+    codebook_weight: float = 1.0
+    disc_weight: float = 1.0
+    disc_factor: float = 1.0
+    perceptual_weight: float = 1.0
+    disc_num_layers: int = 3
+    disc_in_channels: int = 3
+    disc_ndf: int = 64
+    disc_loss: str = "hinge"
+    pixelloss_weight: float = 1.0
+
+
+def parse_loss_config(model: Mapping[str, Any], segmentation: bool) -> LossConfig:
+    where = "model.params.lossconfig"
+    block = (model.get("params") or {}).get("lossconfig")
+    expected = SEGMENTATION_LOSS if segmentation else VQ_LOSS
+    if not isinstance(block, Mapping) or block.get("target") != expected:
+        found = block.get("target") if isinstance(block, Mapping) else block
+        raise ConfigError(f"{where}.target must be {expected} for this model, got {found!r}")
+    params = dict(block.get("params") or {})
+    for name, allowed in (("use_actnorm", False), ("disc_conditional", False)):
+        if params.pop(name, allowed) != allowed:
+            raise ConfigError(f"{where}.params.{name} {not allowed} is not supported")
+    fields = LossConfig.__dataclass_fields__
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.params: unsupported field(s) {', '.join(unknown)}")
+    for name, value in params.items():
+        kind = fields[name].type
+        if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            params[name] = float(value)
+        elif type(value).__name__ != kind:
+            raise ConfigError(f"{where}.params.{name} must be {kind}, got {value!r}")
+    config = LossConfig(**params)
+    if config.disc_loss not in DISCRIMINATOR_LOSSES:
+        raise ConfigError(f"{where}.params.disc_loss must be hinge or vanilla, got "
+                          f"{config.disc_loss!r}")
+    return config
+
+
+def read_model_section(path: Path) -> Dict[str, Any]:
+    from vqrt.trainer.checkpoints import CheckpointError, read_config
+    try:
+        return dict(read_config(path))
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from e
+
+
+class VQGANTrainer:
+    """One training run; `run()` trains to settings.steps and returns the run folder."""
+
+    def __init__(self, settings: VQGANSettings, model_section: Mapping[str, Any],
+                 processes: Processes):
+        self.settings = settings
+        self.processes = processes
+        self.model_section = model_section
+        spec = parse_model_config(model_section)
+        if spec.kind != "vqgan" or spec.target not in (VQMODEL, VQSEGMENTATION):
+            raise ConfigError(f"model.target must be {VQMODEL} or {VQSEGMENTATION} to train a "
+                              f"first stage, got {spec.target}")
+        self.segmentation = spec.target == VQSEGMENTATION
+        self.loss = parse_loss_config(model_section, self.segmentation)
+        cfg = spec.config
+        if self.segmentation and settings.n_labels != cfg.colorize_nlabels:
+            raise TrainingError(f"--n-labels {settings.n_labels} does not match the config's "
+                                f"model.params.n_labels {cfg.colorize_nlabels}")
+        if not self.segmentation and settings.n_labels is not None:
+            raise TrainingError("--n-labels is only for a segmentation cond stage "
+                                f"({VQSEGMENTATION})")
+        self.size = settings.size
+        self.rest_size = settings.resize or settings.size
+        if self.rest_size < self.size:
+            raise TrainingError(f"--resize {self.rest_size} is smaller than --size {self.size}")
+        factor = cfg.ddconfig.downsampling_factor
+        if self.size % factor:
+            raise TrainingError(f"--size {self.size} is not a multiple of the downsampling "
+                                f"factor {factor}")
+        device = processes.device
+        torch.manual_seed(settings.seed)  # the initial weights depend on the seed only
+        self.model = VQModel(cfg).to(device)
+        self.ae = data_parallel(self.model, processes)
+        self.optimizers = {"autoencoder": torch.optim.Adam(
+            self.model.parameters(), lr=settings.lr, betas=(0.5, 0.9))}
+        self.modules = {}
+        self.restart = None
+        if settings.restart_dead_codes > 0:
+            self.restart = DeadCodeRestart(self.model.quantize, settings.restart_dead_codes,
+                                           processes.world_size)
+            self.modules["code_usage"] = self.restart
+        self.lpips = None
+        if not self.segmentation:
+            self.discriminator = NLayerDiscriminator(
+                self.loss.disc_in_channels, self.loss.disc_ndf, self.loss.disc_num_layers
+            ).to(device)
+            self.disc = data_parallel(self.discriminator, processes)
+            self.d_loss = DISCRIMINATOR_LOSSES[self.loss.disc_loss]
+            self.optimizers["discriminator"] = torch.optim.Adam(
+                self.discriminator.parameters(), lr=settings.lr, betas=(0.5, 0.9))
+            self.modules["discriminator"] = self.discriminator
+            if settings.perceptual_weights and self.loss.perceptual_weight > 0:
+                self.lpips = load_lpips(Path(settings.perceptual_weights)).to(device)
+
+    # --- data --------------------------------------------------------------------------------
+
+    def load_data(self) -> Dataset:
+        s = self.settings
+        if self.segmentation:
+            return load_segmentations(Path(s.data), self.rest_size, s.n_labels, s.val_fraction,
+                                      with_photos=False)
+        return load_images(Path(s.data), self.rest_size, s.val_fraction, with_labels=False)
+
+    def batch(self, dataset: Dataset, step: int, generator: torch.Generator) -> torch.Tensor:
+        """-> (B, 3, S, S) in [-1, 1], or (B, n_labels, S, S) one-hot."""
+        s, p = self.settings, self.processes
+        chosen = [dataset.train[i] for i in batch_indices(
+            s.seed, step, len(dataset.train), s.batch_size, p.rank, p.world_size)]
+        crops = [random_crop(e, self.size, generator) for e in chosen]
+        if self.segmentation:
+            maps = torch.stack([apply_crop(e.segmentation, c, self.size)
+                                for e, c in zip(chosen, crops)])
+            return one_hot(maps, s.n_labels).to(p.device)
+        images = torch.stack([apply_crop(e.image, c, self.size) for e, c in zip(chosen, crops)])
+        return to_model_range(images).to(p.device)
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor, step: int) -> Dict[str, float]:
+        loss = self.loss
+        reconstruction, quantizer_loss = self.ae(x)
+        logs: Dict[str, float] = {"quant": float(quantizer_loss.detach())}
+        gan_active = False
+        if self.segmentation:
+            rec_loss = F.binary_cross_entropy_with_logits(reconstruction, x)
+            total = rec_loss + loss.codebook_weight * quantizer_loss
+            logs["bce"] = float(rec_loss.detach())
+        else:
+            pixel_loss = (x - reconstruction).abs()  # (B, 3, S, S)
+            logs["l1"] = float(pixel_loss.detach().mean())
+            if self.lpips is not None:
+                perceptual = self.lpips(x, reconstruction)  # (B, 1, 1, 1), broadcast
+                pixel_loss = pixel_loss + loss.perceptual_weight * perceptual
+                logs["lpips"] = float(perceptual.detach().mean())
+            rec_loss = pixel_loss.mean()
+            total = rec_loss + loss.codebook_weight * quantizer_loss
+            gan_active = step >= loss.disc_start and loss.disc_factor > 0
+            if gan_active:
+                # The generator's view of D: D's weights get no gradient from this term.
+                self.discriminator.requires_grad_(False)
+                g_loss = -self.discriminator(reconstruction).mean()
+                self.discriminator.requires_grad_(True)
+                weight = adaptive_weight(rec_loss, g_loss,
+                                         self.model.decoder.conv_out.weight) * loss.disc_weight
+                total = total + weight * loss.disc_factor * g_loss
+                logs.update(g=float(g_loss.detach()), d_weight=float(weight))
+        logs["loss"] = float(total.detach())
+        autoencoder = self.optimizers["autoencoder"]
+        autoencoder.zero_grad(set_to_none=True)
+        total.backward()
+        autoencoder.step()
+        if gan_active:
+            fake = reconstruction.detach()
+            d_loss = loss.disc_factor * self.d_loss(self.disc(x), self.disc(fake))
+            discriminator = self.optimizers["discriminator"]
+            discriminator.zero_grad(set_to_none=True)
+            d_loss.backward()
+            discriminator.step()
+            logs["d"] = float(d_loss.detach())
+        return logs
+
+    # --- pictures and held-out numbers --------------------------------------------------------
+
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """Images pass through; one-hot maps are shown through the model's random colorize
+        projection, rescaled to [-1, 1] as upstream's to_rgb."""
+        if not self.segmentation:
+            return x
+        rgb = F.conv2d(x, self.model.colorize)
+        return 2.0 * (rgb - rgb.min()) / (rgb.max() - rgb.min()) - 1.0
+
+    @torch.no_grad()
+    def save_reconstructions(self, dataset: Dataset, step: int) -> None:
+        examples = dataset.held_out[:GRID_IMAGES]
+        if self.segmentation:
+            x = one_hot(torch.stack([apply_crop(e.segmentation, center_crop(e, self.size),
+                                                self.size) for e in examples]),
+                        self.settings.n_labels)
+        else:
+            x = to_model_range(torch.stack([apply_crop(e.image, center_crop(e, self.size),
+                                                       self.size) for e in examples]))
+        self.model.eval()
+        x = x.to(self.processes.device)
+        reconstruction = self.model.decode_indices(self.model.encode_to_indices(x))
+        if self.segmentation:  # show the decoded labels as a one-hot map
+            reconstruction = F.one_hot(reconstruction.argmax(1), x.shape[1]).permute(0, 3, 1, 2)
+            reconstruction = reconstruction.float()
+        self.model.train()
+        grid = torch.cat([self.to_rgb(x), self.to_rgb(reconstruction)])  # inputs above outputs
+        save_grid(grid, samples_path(Path(self.settings.out), step), columns=len(examples))
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> Path:
+        s, p = self.settings, self.processes
+        run = Path(s.out)
+        start = 0
+        state = TrainingState(self.optimizers, self.modules)
+        if resume:
+            checkpoint = latest_checkpoint(run)
+            if checkpoint is not None:
+                start = load_training_checkpoint(checkpoint, self.model, state)
+        dataset = self.load_data()
+        if p.is_main:
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / SETTINGS_FILE, settings_to_json(s))
+            if not self.segmentation and self.lpips is None:
+                print("vqrt train: perceptual loss off (no --perceptual-weights given)")
+        p.barrier()
+        log = MetricsLog(run, p.is_main)
+        timer, means = StepTimer(), RunningMeans()
+        bar = progress_bar(start, s.steps, p.is_main, "vqgan")
+        self.model.train()
+        for step in range(start, s.steps):
+            generator = seed_step(s.seed, step, p.rank)
+            means.add(self.train_step(self.batch(dataset, step, generator), step))
+            timer.tick()
+            done = step + 1
+            last = done == s.steps
+            restarted = self.restart.after_step(done, generator) if self.restart else 0
+            if restarted:
+                log.write({"step": done, "restarted_codes": restarted})
+            if done % s.log_every == 0 or last:
+                logs = means.pop()
+                log.write({"step": done, **logs, "steps_per_s": round(timer.rate(), 3)})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
+                                 if k in ("loss", "l1", "bce", "g", "d")})
+            if p.is_main and (done % s.sample_every == 0 or last):
+                self.save_reconstructions(dataset, done)
+                self.model.eval()
+                evaluation = evaluate_first_stage(self.model, dataset, self.size, s.n_labels)
+                self.model.train()
+                log.write({"step": done, "held_out": evaluation.to_dict()})
+            if p.is_main and (done % s.checkpoint_every == 0 or last):
+                save_training_checkpoint(run, done, s.seed, self.model, self.model_section,
+                                         state, s.keep_checkpoints)
+            p.barrier()
+            bar.update(1)
+        bar.close()
+        return run
+
+
+def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
+    """given: command-line values by VQGANSettings field (None = not given)."""
+    run = Path(given["out"])
+    stored = prepare_run(run, resume, "vqgan")
+    processes = start_processes(given.get("device") or (stored or {}).get("device", "auto"))
+    try:
+        processes.barrier()  # every process has checked RUN/ before any writes to it
+        given = dict(given, world_size=processes.world_size)
+        settings = merge_settings(VQGANSettings, stored, given, RESUMABLE_CHANGES, run)
+        require_positive(settings, ("steps", "size", "resize", "batch_size", "lr",
+                                    "checkpoint_every", "sample_every", "log_every",
+                                    "keep_checkpoints", "n_labels"))
+        # A resumed run reads its model from its newest checkpoint, not from a YAML file
+        # that may have changed since.
+        checkpoint = latest_checkpoint(run) if resume else None
+        source = checkpoint / "config.json" if checkpoint else Path(settings.config)
+        model_section = read_model_section(source)
+        if settings.size is None:
+            settings.size = parse_model_config(model_section).config.ddconfig.resolution
+        if settings.lr is None:
+            base = model_section.get("base_learning_rate")
+            if base is None:
+                raise TrainingError(f"{source}: no model.base_learning_rate; pass --lr")
+            # Upstream's rule: the learning rate grows with the global batch.
+            settings.lr = float(base) * settings.batch_size * processes.world_size
+        return VQGANTrainer(settings, model_section, processes).run(resume)
+    finally:
+        stop_processes()
