@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q cmake ninja cython setuptools wheel
-	VQRT_CUDA=$(CUDA_BUILD) VQRT_BUILD_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation -e '.[train,test]'
+	VQRT_CUDA=$(CUDA_BUILD) VQRT_BUILD_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation -e '.[train,test,bench]'
 	mkdir -p build && touch build/.native-stamp $@
 
 venv: $(VENV)/.installed

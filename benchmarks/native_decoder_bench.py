@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import threading
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from vqrt.bench.baselines import UpstreamSampler
+from vqrt.bench.measure import read_bandwidth
+from vqrt.bench.suite import matrix_bytes
 from vqrt.runtime.native_decoder import GPTShape, NativeDecoder
 from vqrt.runtime.sampling import sample_logits
 from vqrt.trainer.models.mingpt import GPT, GPTConfig
@@ -35,43 +36,15 @@ TOP_K = 100
 
 
 # ---------------------------------------------------------------------------------------------
-# Baseline (a): upstream-style sampling with a KV cache rebuilt by torch.cat.
+# Baseline (a): upstream-style sampling with a KV cache rebuilt by torch.cat (shared with
+# `vqrt bench --baselines`).
 
-@torch.no_grad()
-def upstream_forward(gpt: GPT, idx: torch.Tensor, past, pos: int):
-    """idx [B, T] at positions pos..pos+T-1; past: per layer (k, v) [B, H, pos, D] or None."""
-    b, t = idx.shape
-    x = gpt.tok_emb(idx) + gpt.pos_emb[:, pos:pos + t]
-    new_past = []
-    for layer, block in enumerate(gpt.blocks):
-        attn = block.attn
-        h = block.ln1(x)
-        q, k, v = (m(h).view(b, t, attn.n_head, -1).transpose(1, 2)
-                   for m in (attn.query, attn.key, attn.value))
-        if past is not None:
-            k = torch.cat([past[layer][0], k], dim=-2)
-            v = torch.cat([past[layer][1], v], dim=-2)
-        new_past.append((k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
-        if t > 1:
-            att = att.masked_fill(attn.mask[:, :, :t, :t] == 0, float("-inf"))
-        y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).reshape(b, t, -1)
-        x = x + attn.proj(y)
-        x = x + block.mlp(block.ln2(x))
-    return gpt.head(gpt.ln_f(x)), new_past
-
-
-@torch.no_grad()
 def run_baseline(gpt: GPT, cond: np.ndarray) -> None:
-    idx = torch.from_numpy(cond)
-    past, pos = None, 0
-    for _ in range(TOKENS):
-        logits, past = upstream_forward(gpt, idx, past, pos)
-        pos += idx.shape[1]
-        logits = logits[:, -1]
-        values, _ = torch.topk(logits, TOP_K)
-        logits = logits.masked_fill(logits < values[:, -1:], float("-inf"))
-        idx = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+    sampler = UpstreamSampler(gpt, prefix=lambda batch: cond, top_k=TOP_K,
+                              codebook_size=SHAPE.vocab_size)
+    sampler.start(cond.shape[0])
+    for k in range(TOKENS):
+        sampler.draw(k, last=k == TOKENS - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,11 +91,6 @@ def native_weights(rng: np.random.Generator, precision: str):
     return tensors, dtypes
 
 
-def weight_bytes(tensors) -> int:
-    """Bytes of the matrices a decode step streams (all Linear weights and scales)."""
-    return sum(a.nbytes for n, a in tensors.items() if ".weight" in n and "ln" not in n)
-
-
 def run_native(decoder: NativeDecoder, cond: np.ndarray) -> None:
     seeds = np.arange(cond.shape[0], dtype=np.uint64)
     logits = decoder.prefill(cond)
@@ -134,22 +102,6 @@ def run_native(decoder: NativeDecoder, cond: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-def read_bandwidth(threads: int, megabytes: int = 512) -> float:
-    """Bytes per second read by `threads` numpy reductions over disjoint halves of a buffer."""
-    data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    for _ in range(5):
-        workers = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        best = max(best, data.nbytes / (time.perf_counter() - start))
-    return best
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -178,7 +130,7 @@ def main() -> None:
                 SHAPE, tensors, dtypes, max_batch=b, num_threads=args.threads,
                 bf16_activations=bf16_x)
     some = next(iter(decoders.values()))
-    bandwidth = read_bandwidth(some.num_threads)
+    bandwidth = read_bandwidth(some.num_threads)["bytes_per_s"]["median"]
     print(f"native: isa {some.isa}, {some.num_threads} threads; torch {torch.__version__}, "
           f"{torch_threads} threads; read bandwidth {bandwidth / 1e9:.1f} GB/s")
 
@@ -206,7 +158,8 @@ def main() -> None:
                 continue
             _, precision, bf16_x = key
             rate = b * TOKENS / statistics.median(times[key])
-            steps_bound = bandwidth / weight_bytes(weights[precision][0])
+            steps_bound = bandwidth / matrix_bytes(SHAPE.n_layer, SHAPE.n_embd, SHAPE.vocab_size,
+                                                   precision, row_scales=precision == "int8")
             name = f"native {precision}{' (bf16 x)' if bf16_x else ''}, batch {b}"
             print(f"{name:34s} {rate:8.1f} {rate / base:10.2f} {rate / b / steps_bound:9.2f}")
 

@@ -8,7 +8,14 @@
 
 #include "cpu_features.h"
 #include "errors.h"
+#include "generate.h"
 #include "sampling.h"
+
+// The opaque handle of vqrt.h.
+struct vqrt_model {
+  explicit vqrt_model(const char* bundle_dir) : generator(bundle_dir) {}
+  vqrt::NativeGenerator generator;
+};
 
 namespace {
 
@@ -45,6 +52,27 @@ vqrt::SamplingParams to_cpp(const vqrt_sampling_params* params) {
   return p;
 }
 
+vqrt::GenerateRequest to_cpp(const vqrt_model* model, const vqrt_generate_request* request) {
+  VQRT_CHECK(model != nullptr, "model is null");
+  VQRT_CHECK(request != nullptr, "request is null");
+  VQRT_CHECK(request->n_class_labels >= 0,
+             "n_class_labels must be >= 0, got " << request->n_class_labels);
+  VQRT_CHECK(request->class_labels != nullptr || request->n_class_labels == 0,
+             "class_labels is null but n_class_labels is " << request->n_class_labels);
+  vqrt::GenerateRequest r;
+  r.class_labels.assign(request->class_labels, request->class_labels + request->n_class_labels);
+  r.batch = request->batch;
+  r.seed = request->seed;
+  r.top_k = request->top_k;
+  r.top_p = request->top_p;
+  r.temperature = request->temperature;
+  r.greedy = request->greedy != 0;
+  r.width = request->width;
+  r.height = request->height;
+  r.num_threads = request->n_threads;
+  return r;
+}
+
 }  // namespace
 
 extern "C" {
@@ -71,6 +99,72 @@ int vqrt_sample_logits(const float* logits, int64_t batch, int64_t vocab, const 
 int vqrt_sampling_probs(const float* logits, int64_t batch, int64_t vocab,
                         const vqrt_sampling_params* params, double* out_probs) {
   return c_call([&] { vqrt::sampling_probs(logits, batch, vocab, to_cpp(params), out_probs); });
+}
+
+vqrt_model* vqrt_model_open(const char* bundle_dir) {
+  vqrt_model* model = nullptr;
+  c_call([&] {
+    VQRT_CHECK(bundle_dir != nullptr, "bundle_dir is null");
+    model = new vqrt_model(bundle_dir);
+  });
+  return model;
+}
+
+void vqrt_model_free(vqrt_model* model) { delete model; }
+
+int vqrt_model_get_info(const vqrt_model* model, vqrt_model_info* out) {
+  return c_call([&] {
+    VQRT_CHECK(model != nullptr, "model is null");
+    VQRT_CHECK(out != nullptr, "out is null");
+    const vqrt::BundleManifest& m = model->generator.manifest();
+    vqrt_model_info info;
+    info.codebook_size = m.codebook_size;
+    info.n_classes = m.prefix_rule == "class_id" ? m.n_classes : 0;
+    info.downsampling_factor = m.downsampling_factor;
+    info.grid_h = m.training_grid_h;
+    info.grid_w = m.training_grid_w;
+    info.max_grid_h = m.max_latent_h;
+    info.max_grid_w = m.max_latent_w;
+    info.max_batch = m.max_batch;
+    info.block_size = m.block_size;
+    *out = info;
+  });
+}
+
+vqrt_generate_request vqrt_generate_request_default(void) {
+  vqrt_generate_request r;
+  r.class_labels = nullptr;
+  r.n_class_labels = 0;
+  r.batch = 0;
+  r.seed = 0;
+  r.top_k = 0;
+  r.top_p = 1.0f;
+  r.temperature = 1.0f;
+  r.greedy = 0;
+  r.width = 0;
+  r.height = 0;
+  r.n_threads = 0;
+  return r;
+}
+
+int vqrt_generate_shape(const vqrt_model* model, const vqrt_generate_request* request,
+                        int64_t* out_shape) {
+  return c_call([&] {
+    const vqrt::GenerateRequest r = to_cpp(model, request);
+    VQRT_CHECK(out_shape != nullptr, "out_shape is null");
+    const vqrt::TokenGrid grid = model->generator.check(r);
+    out_shape[0] = grid.batch;
+    out_shape[1] = grid.h;
+    out_shape[2] = grid.w;
+  });
+}
+
+int vqrt_generate_tokens(const vqrt_model* model, const vqrt_generate_request* request,
+                         int64_t* out_tokens) {
+  return c_call([&] {
+    const vqrt::GenerateRequest r = to_cpp(model, request);  // checks model before it is used
+    model->generator.generate(r, out_tokens);
+  });
 }
 
 const char* vqrt_cpu_isa(void) {

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "errors.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -16,35 +18,53 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until done() for about `spin_for`, then yields the core between checks; returns false if
-// it gave up after `give_up_after` (callers then sleep), true once done().
-template <typename Done>
-bool wait_until(Done done, std::chrono::microseconds spin_for,
-                std::chrono::microseconds give_up_after) {
+// How long a waiting thread spins before it sleeps. Longer than the gap between two products of
+// a decode step on a free core (the caller's LayerNorm: a microsecond or two), far shorter than
+// a scheduler time slice (milliseconds), which is what a thread waiting for a descheduled peer
+// would otherwise burn. Measured: BENCHMARKS.md, "Native decoder threads".
+constexpr std::chrono::microseconds kSpin{20};
+
+// claim_ = tag << 40 | chunks << 20 | next.
+constexpr int kChunkBits = 20;
+constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkBits) - 1;
+inline uint64_t tag_of(uint64_t claim) { return claim >> (2 * kChunkBits); }
+inline int64_t chunks_of(uint64_t claim) {
+  return static_cast<int64_t>((claim >> kChunkBits) & kChunkMask);
+}
+inline int64_t next_of(uint64_t claim) { return static_cast<int64_t>(claim & kChunkMask); }
+
+}  // namespace
+
+// The sleep / wake handshake is the store-buffer pattern on sequentially consistent atomics:
+// a waiter increments `count` and then reads the state in ready(); a waker changes the state and
+// then reads `count`. One of the two sees the other's write, so a waiter never sleeps through
+// the change that makes it ready (and the mutex orders the final check against notify_all).
+template <typename Ready>
+void ThreadPool::wait(Sleepers& sleepers, Ready ready) {
   const auto start = std::chrono::steady_clock::now();
-  for (uint32_t i = 1;; ++i) {
-    if (done()) return true;
-    if (i % 64 != 0) {
-      cpu_relax();
-      continue;
+  for (uint32_t i = 1; !ready(); ++i) {
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+      std::unique_lock<std::mutex> lock(sleepers.mutex);
+      sleepers.count.fetch_add(1);
+      sleepers.wake.wait(lock, ready);
+      sleepers.count.fetch_sub(1);
+      return;
     }
-    const auto waited = std::chrono::steady_clock::now() - start;
-    if (waited > give_up_after) return false;
-    if (waited > spin_for) std::this_thread::yield();
   }
 }
 
-constexpr std::chrono::microseconds kSpin{200};
-constexpr std::chrono::microseconds kForever = std::chrono::hours(24 * 365);
-constexpr std::chrono::microseconds kIdleBeforeSleep{2000};  // workers between runs
-
-}  // namespace
+void ThreadPool::wake(Sleepers& sleepers) {
+  if (sleepers.count.load() == 0) return;
+  std::lock_guard<std::mutex> lock(sleepers.mutex);
+  sleepers.wake.notify_all();
+}
 
 ThreadPool::ThreadPool(int threads) {
   for (int t = 1; t < threads; ++t) {
     try {
       workers_.emplace_back(&ThreadPool::worker, this, t);
-    } catch (const std::exception&) {  // fewer workers: each thread's share grows, same results
+    } catch (const std::exception&) {  // fewer workers: more chunks each, same results
       break;
     }
   }
@@ -52,55 +72,52 @@ ThreadPool::ThreadPool(int threads) {
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(sleep_mutex_);
-    stop_.store(true);
-    generation_.fetch_add(1);
-  }
-  wake_.notify_all();
+  stop_.store(true);
+  wake(idle_workers_);
   for (std::thread& w : workers_) w.join();
 }
 
-void ThreadPool::run(const std::function<void(int)>& fn) {
-  if (size_ == 1) {
-    fn(0);
+void ThreadPool::run_erased(int64_t chunks, ChunkFn fn, void* context) {
+  VQRT_CHECK(chunks >= 0 && chunks <= kMaxChunks,
+             "chunks must be in [0, " << kMaxChunks << "], got " << chunks);
+  if (chunks <= 1 || size_ == 1) {
+    for (int64_t c = 0; c < chunks; ++c) fn(context, 0, c);
     return;
   }
-  task_ = &fn;
-  finished_.store(0, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> lock(sleep_mutex_);  // a worker about to sleep sees the bump
-    generation_.fetch_add(1, std::memory_order_release);
-  }
-  wake_.notify_all();
-  fn(0);
-  const int others = size_ - 1;
-  wait_until([&] { return finished_.load(std::memory_order_acquire) == others; }, kSpin, kForever);
+  // Every chunk of the previous call has returned, so no worker reads these until the new
+  // claim_ (stored after them) tells it about this call.
+  fn_.store(fn, std::memory_order_relaxed);
+  context_.store(context, std::memory_order_relaxed);
+  finished_.store(0);
+  const uint64_t tag = (tag_of(claim_.load()) + 1) & ((uint64_t{1} << 24) - 1);
+  claim_.store(tag << (2 * kChunkBits) | static_cast<uint64_t>(chunks) << kChunkBits);
+  wake(idle_workers_);
+  work(0);
+  wait(caller_, [&] { return finished_.load() == chunks; });
 }
 
-void ThreadPool::barrier() {
-  const uint32_t phase = barrier_phase_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == size_) {
-    arrived_.store(0, std::memory_order_relaxed);
-    barrier_phase_.store(phase + 1, std::memory_order_release);
-    return;
-  }
-  wait_until([&] { return barrier_phase_.load(std::memory_order_acquire) != phase; }, kSpin,
-             kForever);
-}
-
-void ThreadPool::worker(int index) {
-  uint64_t seen = 0;
+uint64_t ThreadPool::work(int thread) {
+  uint64_t claim = claim_.load();
   for (;;) {
-    auto fresh = [&] { return generation_.load(std::memory_order_acquire) != seen; };
-    if (!wait_until(fresh, kSpin, kIdleBeforeSleep)) {
-      std::unique_lock<std::mutex> lock(sleep_mutex_);
-      wake_.wait(lock, fresh);
-    }
-    seen = generation_.load(std::memory_order_acquire);
+    const int64_t chunks = chunks_of(claim), next = next_of(claim);
+    if (next >= chunks) return tag_of(claim);
+    const ChunkFn fn = fn_.load(std::memory_order_relaxed);
+    void* context = context_.load(std::memory_order_relaxed);
+    // Succeeds only if claim_ is unchanged: this call still has chunk `next` unclaimed, so it
+    // has not finished and fn / context (read above, after claim) are its own.
+    if (!claim_.compare_exchange_weak(claim, claim + 1)) continue;
+    fn(context, thread, next);
+    if (finished_.fetch_add(1) + 1 == chunks) wake(caller_);
+    claim = claim_.load();
+  }
+}
+
+void ThreadPool::worker(int thread) {
+  uint64_t done_tag = tag_of(claim_.load());  // the call whose chunks are all claimed
+  for (;;) {
+    wait(idle_workers_, [&] { return stop_.load() || tag_of(claim_.load()) != done_tag; });
     if (stop_.load()) return;
-    (*task_)(index);
-    finished_.fetch_add(1, std::memory_order_acq_rel);
+    done_tag = work(thread);
   }
 }
 

@@ -19,8 +19,11 @@ constexpr float kLayerNormEps = 1e-5f;
 // A prefill runs up to this many (row, position) pairs per pass: enough rows to reuse each
 // weight many times, while the scratch stays at max_rows x 4C floats.
 constexpr int64_t kPrefillRows = 64;
-// Thread shares of output columns start at multiples of this (whole tiles per thread).
+// Chunks of output columns start at multiples of this (whole kernel tiles per chunk).
 constexpr int64_t kColumnAlign = 16;
+// Chunks per thread of a parallel product: more than one, so that threads which get a core
+// take over the share of one that does not (see thread_pool.h).
+constexpr int64_t kChunksPerThread = 4;
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream os;
@@ -62,11 +65,11 @@ WeightView weight_view(const std::map<std::string, TensorView>& tensors, const s
   return w;
 }
 
-// Thread t's share [begin, end) of n items split into `threads` runs aligned to `align`.
-std::pair<int64_t, int64_t> share(int64_t n, int t, int threads, int64_t align) {
-  const int64_t per = (n + threads - 1) / threads;
-  const int64_t chunk = (per + align - 1) / align * align;
-  return {std::min(n, t * chunk), std::min(n, (t + 1) * chunk)};
+// Chunk `chunk` of `chunks` over n items, cut at multiples of `align`: [begin, end).
+std::pair<int64_t, int64_t> chunk_range(int64_t n, int64_t chunk, int64_t chunks, int64_t align) {
+  const int64_t units = (n + align - 1) / align;
+  return {std::min(n, units * chunk / chunks * align),
+          std::min(n, units * (chunk + 1) / chunks * align)};
 }
 
 }  // namespace
@@ -87,6 +90,8 @@ Transformer::Transformer(const TransformerConfig& config,
              "max_len must be in [1, block size " << c.block_size << "], got " << c.max_len);
   VQRT_CHECK(c.num_threads >= 0, "num_threads must be >= 0 (0 = one per core), got "
                                      << c.num_threads);
+  VQRT_CHECK(c.min_parallel_macs >= 0,
+             "min_parallel_macs must be >= 0, got " << c.min_parallel_macs);
   isa_ = c.isa ? *c.isa : cpu_isa_active();
   linear_ = &linear_kernels(isa_);
   gelu_ = gelu_kernel(isa_);
@@ -137,7 +142,7 @@ Transformer::Transformer(const TransformerConfig& config,
   qkv_.resize(max_rows_ * 3 * C);
   attn_.resize(max_rows_ * C);
   hidden_.resize(max_rows_ * 4 * C);
-  normed_.assign(pool_->size(), std::vector<float>(max_rows_ * C));
+  normed_.resize(max_rows_ * C);
   scores_.assign(pool_->size(), std::vector<float>(c.max_len));
 }
 
@@ -206,13 +211,55 @@ float* Transformer::cache_at(int64_t layer, int64_t kv, int64_t b, int64_t h, in
          ((((layer * 2 + kv) * c.max_batch + b) * c.n_head + h) * c.max_len + t) * head_dim_;
 }
 
+int64_t Transformer::chunk_count(int64_t macs, int64_t items) const {
+  if (pool_->size() == 1 || macs < config_.min_parallel_macs) return 1;
+  return std::max<int64_t>(1, std::min(items, pool_->size() * kChunksPerThread));
+}
+
+void Transformer::product(const WeightView& w, const float* x, int64_t rows, const float* bias,
+                          bool accumulate, float* y, bool gelu) {
+  const int64_t chunks = chunk_count(rows * w.n * w.k, (w.n + kColumnAlign - 1) / kColumnAlign);
+  pool_->run(chunks, [&](int, int64_t chunk) {
+    const auto [begin, end] = chunk_range(w.n, chunk, chunks, kColumnAlign);
+    if (begin == end) return;
+    linear(*linear_, {x, rows, &w, bias, accumulate, begin, end, y}, config_.bf16_activations);
+    for (int64_t r = 0; gelu && r < rows; ++r) gelu_(y + r * w.n + begin, end - begin);
+  });
+}
+
 void Transformer::forward(const int64_t* tokens, int64_t batch, int64_t start, int64_t count,
                           float* logits) {
-  const int64_t rows = batch * count;
+  const TransformerConfig& c = config_;
+  const int64_t C = c.n_embd, rows = batch * count;
   std::vector<int64_t> positions(rows);
   for (int64_t r = 0; r < rows; ++r) positions[r] = start + r % count;
-  embed_tokens(tokens, positions.data(), rows, config_.n_embd, tok_emb_, pos_emb_, x_.data());
-  pool_->run([&](int thread) { run_thread(thread, batch, start, count, logits); });
+  embed_tokens(tokens, positions.data(), rows, C, tok_emb_, pos_emb_, x_.data());
+  float* normed = normed_.data();  // [rows, C]
+  // Attention of (row, head) pairs: q.k and p.v over the keys of `count` positions each.
+  const int64_t pairs = batch * c.n_head;
+  const int64_t attention_macs = pairs * count * (start + count) * 2 * head_dim_;
+  const int64_t attention_chunks = chunk_count(attention_macs, pairs);
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const Layer& layer = layers_[l];
+    layer_norm(x_.data(), rows, C, layer.ln1_w, layer.ln1_b, kLayerNormEps, normed);
+    product(layer.qkv, normed, rows, layer.qkv_b, false, qkv_.data(), false);
+    pool_->run(attention_chunks, [&](int thread, int64_t chunk) {
+      const auto [p0, p1] = chunk_range(pairs, chunk, attention_chunks, 1);
+      for (int64_t p = p0; p < p1; ++p) {
+        attention_rows(l, start, count, p / c.n_head, p % c.n_head, scores_[thread].data());
+      }
+    });
+    product(layer.proj, attn_.data(), rows, layer.proj_b, true, x_.data(), false);
+    layer_norm(x_.data(), rows, C, layer.ln2_w, layer.ln2_b, kLayerNormEps, normed);
+    product(layer.fc, normed, rows, layer.fc_b, false, hidden_.data(), true);
+    product(layer.mlp_proj, hidden_.data(), rows, layer.mlp_proj_b, true, x_.data(), false);
+  }
+  if (logits == nullptr) return;
+  for (int64_t b = 0; b < batch; ++b) {  // the last position of each row
+    layer_norm(x_.data() + (b * count + count - 1) * C, 1, C, ln_f_w_, ln_f_b_, kLayerNormEps,
+               normed + b * C);
+  }
+  product(head_, normed, batch, nullptr, false, logits, false);
 }
 
 // Row (b, j) of a pass is activation row b * count + j, at position start + j.
@@ -239,48 +286,6 @@ void Transformer::attention_rows(int64_t layer, int64_t start, int64_t count, in
     a.out = attn_.data() + r * C + h * D;
     attention_(a);
   }
-}
-
-void Transformer::run_thread(int thread, int64_t batch, int64_t start, int64_t count,
-                             float* logits) {
-  const TransformerConfig& c = config_;
-  const int threads = pool_->size();
-  const int64_t C = c.n_embd, rows = batch * count;
-  float* normed = normed_[thread].data();  // [rows, C], this thread's copy
-  const bool bf16_x = c.bf16_activations;
-  auto product = [&](const WeightView& w, const float* x, int64_t x_rows, const float* bias,
-                     bool accumulate, float* y) {
-    const auto [begin, end] = share(w.n, thread, threads, kColumnAlign);
-    if (begin < end) linear(*linear_, {x, x_rows, &w, bias, accumulate, begin, end, y}, bf16_x);
-    return std::make_pair(begin, end);
-  };
-
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    const Layer& layer = layers_[l];
-    // Every thread normalises all rows itself: cheaper than a barrier.
-    layer_norm(x_.data(), rows, C, layer.ln1_w, layer.ln1_b, kLayerNormEps, normed);
-    product(layer.qkv, normed, rows, layer.qkv_b, false, qkv_.data());
-    pool_->barrier();
-    const auto [p0, p1] = share(batch * c.n_head, thread, threads, 1);
-    for (int64_t p = p0; p < p1; ++p) {
-      attention_rows(l, start, count, p / c.n_head, p % c.n_head, scores_[thread].data());
-    }
-    pool_->barrier();
-    product(layer.proj, attn_.data(), rows, layer.proj_b, true, x_.data());
-    pool_->barrier();
-    layer_norm(x_.data(), rows, C, layer.ln2_w, layer.ln2_b, kLayerNormEps, normed);
-    const auto [h0, h1] = product(layer.fc, normed, rows, layer.fc_b, false, hidden_.data());
-    for (int64_t r = 0; r < rows && h0 < h1; ++r) gelu_(hidden_.data() + r * 4 * C + h0, h1 - h0);
-    pool_->barrier();
-    product(layer.mlp_proj, hidden_.data(), rows, layer.mlp_proj_b, true, x_.data());
-    pool_->barrier();
-  }
-  if (logits == nullptr) return;
-  for (int64_t b = 0; b < batch; ++b) {  // the last position of each row
-    layer_norm(x_.data() + (b * count + count - 1) * C, 1, C, ln_f_w_, ln_f_b_, kLayerNormEps,
-               normed + b * C);
-  }
-  product(head_, normed, batch, nullptr, false, logits);
 }
 
 }  // namespace vqrt

@@ -12,9 +12,12 @@
 // The KV cache is float32 [n_layer, 2 (key, value), B_max, H, T_max, D], the layout of the ONNX
 // step graph. Rows 0..B-1 of a call use rows 0..B-1 of the cache.
 //
-// Work is split over a persistent thread pool by output columns of every matrix product and by
-// (row, head) pairs in attention; every value is computed by the same operations whatever the
-// thread count and whatever other rows share the batch, so results depend on neither.
+// Work is split over a persistent thread pool (thread_pool.h) by output columns of every matrix
+// product and by (row, head) pairs in attention, in chunks that idle threads claim; a product or
+// an attention of fewer than min_parallel_macs multiply-adds runs on the calling thread alone
+// (a hand-off would cost more than it saves). Every value is computed by the same operations
+// whatever the thread count, the chunking and the other rows of the batch, so results depend on
+// none of them.
 // Errors (vqrt::Error) are raised before any state changes.
 #pragma once
 #include <cstdint>
@@ -42,6 +45,10 @@ struct TransformerConfig {
   int64_t max_batch = 1;        // B_max: rows of the cache
   int64_t max_len = 0;          // T_max: positions of the cache, <= block_size; 0 = block_size
   int num_threads = 0;          // 0 = one per core
+  // Products and attentions below this many multiply-adds run on the calling thread only;
+  // the default is measured (BENCHMARKS.md, "Native decoder threads"); 0 splits
+  // everything (tests use it).
+  int64_t min_parallel_macs = int64_t{1} << 16;
   bool bf16_activations = false;  // bf16 weights only: x rounded to bf16 before each product
                                   // (vdpbf16ps where the CPU has it); see linear.h
   std::optional<CpuIsa> isa;    // kernels to use; default cpu_isa_active()
@@ -93,7 +100,12 @@ class Transformer {
   // Positions [start, start + count) for `batch` rows; tokens [batch, count]; logits of position
   // start + count - 1 into logits [batch, vocab] when logits is not null.
   void forward(const int64_t* tokens, int64_t batch, int64_t start, int64_t count, float* logits);
-  void run_thread(int thread, int64_t batch, int64_t start, int64_t count, float* logits);
+  // Chunks for `macs` multiply-adds over `items` independent items: 1 (the calling thread)
+  // below min_parallel_macs, else a few per thread.
+  int64_t chunk_count(int64_t macs, int64_t items) const;
+  // y [rows, w.n] (+)= x [rows, w.k] W^T + bias over the pool, then GELU in place if `gelu`.
+  void product(const WeightView& w, const float* x, int64_t rows, const float* bias,
+               bool accumulate, float* y, bool gelu);
   // Writes keys and values of rows (b, 0..count-1) for head h into the cache, then attends.
   void attention_rows(int64_t layer, int64_t start, int64_t count, int64_t b, int64_t h,
                       float* scores);
@@ -117,8 +129,9 @@ class Transformer {
 
   // Scratch, [max_rows, ...]: residual stream x, fused q|k|v, attention output, MLP hidden.
   std::vector<float> x_, qkv_, attn_, hidden_;
-  // Per thread: LayerNorm output [max_rows, C] and attention scores [T_max].
-  std::vector<std::vector<float>> normed_, scores_;
+  // LayerNorm output [max_rows, C]; per thread: attention scores [T_max].
+  std::vector<float> normed_;
+  std::vector<std::vector<float>> scores_;
   std::unique_ptr<ThreadPool> pool_;
 };
 

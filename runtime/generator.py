@@ -15,8 +15,9 @@ For callers who stream or cancel, the same thing as a loop (onnxruntime-genai's 
 Sequence layout (the manifest's tokenization): [prefix tokens, image tokens in raster order];
 image token k of a row sits at position P + k (P prefix tokens) and is drawn by the sampler
 with the row's seed and step k. An image prefix (prefix_tokens, image completion) fills tokens
-0..K-1 and sampling starts at k = K. The last image token is never fed back, so a request needs
-P + h*w - 1 <= block size positions; a longer grid (sliding-window sampling) is issue 6.
+0..K-1 and sampling starts at k = K. The last image token is never fed back, so a grid fits the
+transformer when P + h*w - 1 <= block size positions; a larger grid is sampled through sliding
+windows of the training grid (runtime/decoding.py; GenerationParams.window_stride).
 Tokens are drawn from the first codebook_size logits (the image codes): a vocabulary larger
 than the codebook also holds condition tokens, which are not image codes.
 
@@ -35,31 +36,30 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from vqrt.runtime.backends import DecodingState, NativeBackend, OrtBackend, choose_backend
+from vqrt.runtime.backends import NativeBackend, OrtBackend, choose_backend
 from vqrt.runtime.bundle import load_bundle
 from vqrt.runtime.conditioning import ClassLabels, Conditioner, batch_rows
+from vqrt.runtime.decoding import Decoding, new_decoding
 from vqrt.runtime.first_stage import FirstStage, to_pixels
 from vqrt.runtime.onnx_sessions import execution_providers
 from vqrt.runtime.params import GenerationParams, GenerationResult, RequestError, StageTimings
 from vqrt.runtime.sampling import sample_logits
 
-ISSUE_SLIDING_WINDOW = "issue 6"
 Progress = Callable[[int, int], None]  # (tokens done, tokens in the grid)
 
 
 class Generation:
-    """One request being decoded: its KV cache, the tokens drawn so far, its timings.
+    """One request being decoded: its decoding (KV cache), the tokens drawn so far, its timings.
 
     Not thread-safe on its own (one caller drives it); independent of every other Generation.
     """
 
-    def __init__(self, *, generator: "Generator", state: DecodingState, logits: np.ndarray,
-                 prefix_length: int, tokens: np.ndarray, start: int, grid: Tuple[int, int],
+    def __init__(self, *, generator: "Generator", decoding: Decoding, logits: np.ndarray,
+                 tokens: np.ndarray, start: int, grid: Tuple[int, int],
                  params: GenerationParams, timings: Dict[str, float]):
         self._generator = generator
-        self._state: Optional[DecodingState] = state
+        self._decoding: Optional[Decoding] = decoding
         self._logits = logits  # float32 [B, V]: predicts image token self._count
-        self._prefix_length = prefix_length
         self._tokens = tokens  # int64 [B, h*w]; [:, :self._count] are final
         self._count = start
         self._grid = grid
@@ -96,9 +96,9 @@ class Generation:
         return self._tokens[:, :self._count].copy()
 
     def step(self) -> np.ndarray:
-        """Draws the next image token of every row -> int64 [B], and feeds it to the
-        transformer unless it is the last one."""
-        if self._state is None:
+        """Draws the next image token of every row -> int64 [B], and computes the logits of
+        the one after it (unless it is the last)."""
+        if self._decoding is None:
             raise RequestError("this generation is cancelled" if self._cancelled
                                else "this generation is done: call result()")
         codes = self._generator.codebook_size
@@ -114,15 +114,15 @@ class Generation:
         self._tokens[:, self._count] = token
         self._count += 1
         if self._count < self.total:
-            self._logits = self._state.step(token, self._prefix_length + self._count - 1)
+            self._logits = self._decoding.logits(self._count)
             self._timings["steps_s"] += time.perf_counter() - sampled
         else:
-            self._state = None  # the KV cache is no longer needed
+            self._decoding = None  # the KV cache is no longer needed
         return token
 
     def cancel(self) -> None:
         """Stops the generation and frees its KV cache; tokens stay readable."""
-        self._state = None
+        self._decoding = None
         self._cancelled = self._count < self.total
 
     def result(self) -> GenerationResult:
@@ -228,29 +228,21 @@ class Generator:
         batch = batch_rows(len(cond_rows), batch, "the conditioning")
         batch = batch_rows(len(image_rows), batch, "prefix_tokens")
         self._first_stage.check_batch(batch)
-        prefix = np.concatenate([np.broadcast_to(cond_rows, (batch, cond_rows.shape[1])),
-                                 np.broadcast_to(image_rows, (batch, image_rows.shape[1]))],
-                                axis=1)
-        prefix_length = cond_rows.shape[1]
-        block = self.bundle.manifest.transformer.block_size
-        if prefix_length + total - 1 > block:
-            raise RequestError(
-                f"a {h}x{w} grid after {prefix_length} prefix token(s) needs "
-                f"{prefix_length + total - 1} positions (the last token is never fed back), "
-                f"more than the transformer's block size {block}: grids beyond the block "
-                f"(sliding-window sampling) are {ISSUE_SLIDING_WINDOW}; ask for at most "
-                f"{block - prefix_length + 1} tokens")
-        conditioned = time.perf_counter()
-        state = self._transformer.new_state(batch)
-        logits = state.prefill(np.ascontiguousarray(prefix, dtype=np.int64))
-        prefilled = time.perf_counter()
-        tokens = np.zeros((batch, total), dtype=np.int64)
+        tokens = np.zeros((batch, total), dtype=np.int64)  # the generation's buffer
         tokens[:, :image_rows.shape[1]] = image_rows
+        conditioned = time.perf_counter()
+        cond_prefix = np.ascontiguousarray(np.broadcast_to(cond_rows, (batch, cond_rows.shape[1])))
+        decoding = new_decoding(
+            self._transformer, cond_prefix,
+            spatial=self._conditioner.rule in ("cond_encoder", "coord"), tokens=tokens,
+            grid=(h, w), window=self.bundle.manifest.first_stage.training_grid,
+            stride=params.window_stride, block=self.bundle.manifest.transformer.block_size)
+        logits = decoding.logits(image_rows.shape[1])
+        prefilled = time.perf_counter()
         timings = {"conditioning_s": conditioned - started, "prefill_s": prefilled - conditioned,
                    "steps_s": 0.0, "sampling_s": 0.0, "image_decode_s": 0.0}
-        return Generation(generator=self, state=state, logits=logits, prefix_length=prefix_length,
-                          tokens=tokens, start=image_rows.shape[1], grid=(h, w), params=params,
-                          timings=timings)
+        return Generation(generator=self, decoding=decoding, logits=logits, tokens=tokens,
+                          start=image_rows.shape[1], grid=(h, w), params=params, timings=timings)
 
     def generate(self, *, class_labels: Optional[ClassLabels] = None,
                  cond: Optional[np.ndarray] = None, prefix_tokens: Optional[np.ndarray] = None,

@@ -60,7 +60,12 @@ class GenerationParams:
         the same tokens alone or inside any batch. To reproduce row i of a batch alone, run it
         with seed + i.
     size: (width, height) in pixels, multiples of the downsampling factor; None = the bundle's
-        training size.
+        training size. A grid beyond the transformer's block is sampled through sliding
+        windows of the training grid (csrc/sliding_window.h).
+    window_stride: sliding-window sampling only: the window stays still for runs of this many
+        tokens along a row, prefilled once and then KV-cached. 1 = the paper's scheme (a window
+        around every token, a full prefill each); larger is faster and less faithful (its NLL
+        cost: BENCHMARKS.md). In [1, the training grid's width], checked by the Generator.
     """
     top_k: Optional[int] = None
     top_p: float = 1.0
@@ -68,6 +73,7 @@ class GenerationParams:
     greedy: bool = False
     seed: int = 0
     size: Optional[Tuple[int, int]] = None
+    window_stride: int = 1
 
     def __post_init__(self):
         if self.top_k is not None:
@@ -91,6 +97,7 @@ class GenerationParams:
             width = _integer("size width", self.size[0], 1)
             height = _integer("size height", self.size[1], 1)
             object.__setattr__(self, "size", (width, height))
+        object.__setattr__(self, "window_stride", _integer("window_stride", self.window_stride, 1))
 
     def row_seeds(self, batch: int) -> np.ndarray:
         """uint64 [batch]: (seed + i) mod 2**64 for row i."""
@@ -102,7 +109,7 @@ class StageTimings:
     """Wall-clock seconds per stage of one generation."""
     conditioning_s: float  # prefix tokens: cond_encoder graph, coordinates, class ids
     prefill_s: float  # the transformer over the prefix
-    steps_s: float  # the transformer steps, one per sampled token but the last
+    steps_s: float  # the transformer after the first prefill (sliding windows' prefills too)
     sampling_s: float  # the sampler
     image_decode_s: float  # the decoder graph (0 when images were not asked for)
 

@@ -1,8 +1,5 @@
 """Requests the bundle cannot serve fail before any work with one line naming the value and the
 limit; GenerationParams checks its own fields."""
-import json
-import shutil
-
 import numpy as np
 import pytest
 
@@ -71,22 +68,6 @@ def test_params_are_frozen_and_normalised():
     with pytest.raises(AttributeError):
         params.seed = 3
     assert list(GenerationParams(seed=2**64 - 1).row_seeds(3)) == [2**64 - 1, 0, 1]
-
-
-def test_grid_beyond_the_block_size_names_issue_6(golden_bundle, tmp_path):
-    """A bundle whose max latent exceeds the block (vqrt build --max-size 128x64 gives this
-    manifest; edited here to save a build): 8x16 = 128 tokens do not fit a block of 65."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(golden_bundle, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["limits"]["max_latent"] = [8, 16]
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    generator = Generator(bundle, backend="native", num_threads=1)
-    with pytest.raises(RequestError) as error:
-        generator.start(class_labels=[1], params=GenerationParams(size=(128, 64)))
-    message = one_line(error)
-    assert "8x16 grid" in message and "128 positions" in message
-    assert "block size 65" in message and "issue 6" in message
 
 
 def test_backend_and_device_choices(golden_bundle, tmp_path):

@@ -307,7 +307,8 @@ def run_generate(args: argparse.Namespace) -> int:
     with _runtime_errors():
         params = GenerationParams(top_k=args.top_k, top_p=args.top_p,
                                   temperature=args.temperature, greedy=args.greedy,
-                                  seed=args.seed, size=_size_option("--size", args.size))
+                                  seed=args.seed, size=_size_option("--size", args.size),
+                                  window_stride=args.window_stride)
         generator = Generator(args.bundle, backend=args.backend, device=args.device)
         cond = (image_io.read_cond_map(args.cond, generator.bundle.manifest.conditioning)
                 if args.cond else None)
@@ -382,6 +383,11 @@ def _add_runtime_parsers(commands) -> None:
     generate.add_argument("--size", metavar="WxH",
                           help="image size in pixels, multiples of the downsampling factor "
                                "(default: the training size)")
+    generate.add_argument("--window-stride", type=int, default=1, metavar="S",
+                          help="sizes beyond the transformer's block are sampled through "
+                               "sliding windows of the training grid: hold each window still "
+                               "for S tokens along a row (faster, less faithful; default 1: "
+                               "the paper's window around every token)")
     generate.add_argument("--seed", type=int, default=0, help="seed of row 0 (default 0)")
     generate.add_argument("--top-k", type=int, metavar="K", help="keep the K likeliest codes "
                                                                  "(default: all)")
@@ -423,6 +429,29 @@ def _add_runtime_parsers(commands) -> None:
     encode.set_defaults(run=run_encode)
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from vqrt.bench.command import run_bench as bench
+    from vqrt.bench.suite import BenchError
+    with _runtime_errors():
+        try:
+            return bench(args, _size_option("--size", args.size))
+        except BenchError as e:
+            raise CommandError(str(e)) from e
+
+
+def _add_bench_parser(commands) -> None:
+    from vqrt.bench.command import add_bench_arguments  # argparse only
+    bench = commands.add_parser(
+        "bench", help="time a bundle's stages beside baselines and the machine's limits",
+        description="Time the prefill, every token, the image decode and the whole request at "
+                    "each batch, interleaving the backends (and, with --baselines, torch and "
+                    "ONNX Runtime peers) over repeats; report medians with their spread, ratios "
+                    "against the upstream torch sampler measured in the same run, and each "
+                    "step against the bound the measured memory bandwidth sets.")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=run_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqrt", description="Compiled inference for VQGAN + transformer image generators.")
@@ -447,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_eval_parser(commands)
     _add_runtime_parsers(commands)
+    _add_bench_parser(commands)
     return parser
 
 

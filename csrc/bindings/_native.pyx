@@ -223,3 +223,63 @@ cdef class NativeTransformer:
     @property
     def max_len(self):
         return self._model.config().max_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliding-window sampling plan (csrc/sliding_window.h)
+
+cdef class SlidingWindow:
+    """The window of every token of a grid_h x grid_w grid sampled through a window_h x window_w
+    window (clamped to the grid), in runs of `stride` tokens along a row.
+
+    place(index) -> (origin_row, origin_col, local_index, run_end); gather copies a window's
+    first cells. Use vqrt.runtime.decoding, which assembles the sequences the backends run.
+    """
+    cdef core.SlidingWindow* _plan
+
+    def __cinit__(self, int64_t grid_h, int64_t grid_w, int64_t window_h, int64_t window_w,
+                  int64_t stride):
+        self._plan = new core.SlidingWindow(grid_h, grid_w, window_h, window_w, stride)
+
+    def __dealloc__(self):
+        del self._plan
+
+    def place(self, int64_t index):
+        """Token `index` (raster) -> (origin_row, origin_col, local_index, run_end)."""
+        cdef core.WindowPlacement p = self._plan.place(index)
+        return (p.origin_row, p.origin_col, p.local_index, p.run_end)
+
+    def gather(self, const int64_t[:, ::1] grid, int64_t index, int64_t length,
+               int64_t[:, ::1] out):
+        """The first `length` cells of the window of token `index`, raster order:
+        grid int64 [B, grid_h * grid_w] -> out int64 [B, length]."""
+        cdef int64_t batch = grid.shape[0]
+        if grid.shape[1] != self._plan.grid_h() * self._plan.grid_w():
+            raise ValueError(f"grid must be [B, {self._plan.grid_h() * self._plan.grid_w()}], "
+                             f"got [{batch}, {grid.shape[1]}]")
+        if out.shape[0] != batch or out.shape[1] != length:
+            raise ValueError(f"out must be [{batch}, {length}], got [{out.shape[0]}, "
+                             f"{out.shape[1]}]")
+        if batch == 0 or length == 0:
+            self._plan.place(index)  # still checks the index
+            return
+        with nogil:
+            self._plan.gather(&grid[0, 0], batch, index, length, &out[0, 0])
+
+    @property
+    def grid(self):
+        """(grid_h, grid_w)."""
+        return (self._plan.grid_h(), self._plan.grid_w())
+
+    @property
+    def window(self):
+        """(window_h, window_w) as used: the requested window clamped to the grid."""
+        return (self._plan.window_h(), self._plan.window_w())
+
+    @property
+    def window_size(self):
+        return self._plan.window_size()
+
+    @property
+    def stride(self):
+        return self._plan.stride()

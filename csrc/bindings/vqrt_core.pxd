@@ -85,3 +85,25 @@ cdef extern from "transformer.h" namespace "vqrt" nogil:
         const TransformerConfig& config()
         CpuIsa isa()
         int num_threads()
+
+
+cdef extern from "sliding_window.h" namespace "vqrt" nogil:
+    cdef cppclass WindowPlacement:
+        int64_t origin_row
+        int64_t origin_col
+        int64_t local_index
+        int64_t run_end
+
+    cdef cppclass SlidingWindow:
+        SlidingWindow(int64_t grid_h, int64_t grid_w, int64_t window_h, int64_t window_w,
+                      int64_t stride) except +
+        WindowPlacement place(int64_t index) except +
+        # grid [batch, grid_h * grid_w] -> out [batch, length]
+        void gather(const int64_t* grid, int64_t batch, int64_t index, int64_t length,
+                    int64_t* out) except +
+        int64_t grid_h()
+        int64_t grid_w()
+        int64_t window_h()
+        int64_t window_w()
+        int64_t window_size()
+        int64_t stride()

@@ -163,6 +163,7 @@ TEST(batch_rows_match_rows_alone_and_threads_do_not_matter) {
   const std::vector<int64_t> tokens = random_tokens(batch * length, V, 5);
   TransformerConfig c = base;
   c.num_threads = 2;
+  c.min_parallel_macs = 0;  // split every product and attention into chunks, however small
   Transformer batched(c, w.views);
   const std::vector<float> all = stepped_logits(batched, tokens, batch, length);
   for (int threads : {1, 3}) {
@@ -254,6 +255,9 @@ TEST(argument_errors) {
   c.max_len = 41;
   CHECK_THROWS(Transformer(c, w.views), vqrt::Error, "max_len must be in [1, block size 40]");
   c.max_len = 0;
+  c.min_parallel_macs = -1;
+  CHECK_THROWS(Transformer(c, w.views), vqrt::Error, "min_parallel_macs must be >= 0, got -1");
+  c.min_parallel_macs = 0;
   Transformer model(c, w.views);
   std::vector<int64_t> tokens(10 * 41, 1);
   std::vector<float> logits(10 * c.vocab_size);
