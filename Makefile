@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   the main job (for now: the model card of the golden model; see README)
+#   make demo   the main job: build the demo bundle, generate sample images into out/
 #   make test   creates .venv, installs everything from nothing, runs all tests (C++ under ctest)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -12,7 +12,7 @@ HAVE_NVCC := $(if $(shell command -v nvcc 2>/dev/null),ON,OFF)
 CUDA_BUILD ?= $(HAVE_NVCC)
 SHARED ?= ../shared
 
-.PHONY: demo test test-python test-cpp venv clean
+.PHONY: demo bench test test-python test-cpp venv clean
 
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
 	python3 -m venv $(VENV)
@@ -45,12 +45,24 @@ test-python: build/.native-stamp
 
 test: test-cpp test-python
 
-demo: venv
-	@echo "== vqrt inspect: the model card of the upstream-format golden checkpoint"
-	$(VENV)/bin/vqrt inspect $(SHARED)/golden/model.ckpt --config $(SHARED)/golden/transformer.yaml
-	@echo
-	@echo "Generating images needs the demo model (issue 3: trainer), the bundle (issue 4: vqrt build)"
-	@echo "and the runtime (issue 5: vqrt generate); megapixel output comes with issue 6."
+# The demo: build the bundle of the demo model (models/demo, trained here on ../shared/data), then
+# generate a sample grid at the training size and a larger image by sliding-window sampling.
+DEMO_BUNDLE := build/demo/bundle
+DEMO_SIZE ?= 512x512
+DEMO_WINDOW_STRIDE ?= 1
+$(DEMO_BUNDLE)/manifest.json: $(VENV)/.installed $(wildcard models/demo/transformer/*)
+	$(VENV)/bin/vqrt build models/demo/transformer -o $(DEMO_BUNDLE) --max-size 1024x1024 --force
+
+demo: $(DEMO_BUNDLE)/manifest.json
+	@mkdir -p out
+	$(VENV)/bin/vqrt generate $(DEMO_BUNDLE) -o out/demo-samples.png --batch 4 --top-k 100 --seed 0
+	$(VENV)/bin/vqrt generate $(DEMO_BUNDLE) -o out/demo-$(DEMO_SIZE).png --size $(DEMO_SIZE) \
+	  --window-stride $(DEMO_WINDOW_STRIDE) --top-k 100 --seed 0
+	@echo "Wrote out/demo-samples.png and out/demo-$(DEMO_SIZE).png. Megapixel: DEMO_SIZE=1024x1024"
+	@echo "(decoded untiled for now: tiled decoding is issue 6; DEMO_WINDOW_STRIDE=8 is ~8x faster)."
+
+bench: venv
+	$(PY) benchmarks/bench_suite.py all
 
 clean:
 	rm -rf build $(VENV) *.egg-info vqrt/_native*.so
