@@ -25,23 +25,11 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 2  # also what argparse uses for bad usage
 
 # Modules of the `train` extra; a command needing one reports how to install it.
-_TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy", "PIL", "tqdm")
+_TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy", "PIL", "tqdm", "onnx")
 
 
 class CommandError(Exception):
     """An expected failure with a one-line message for the user."""
-
-
-def _import_trainer(command: str):
-    """Imports the torch-side checkpoint and card modules, or explains how to install them."""
-    try:
-        from vqrt.trainer import checkpoints, model_card
-    except ModuleNotFoundError as e:
-        if e.name not in _TRAIN_EXTRA_MODULES:
-            raise
-        raise CommandError(f"vqrt {command} needs the train extra (missing {e.name}): "
-                           "pip install 'vqrt[train]'") from e
-    return checkpoints, model_card
 
 
 def _import_train_extra(command: str, module: str):
@@ -49,7 +37,7 @@ def _import_train_extra(command: str, module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name not in _TRAIN_EXTRA_MODULES + ("onnx",):
+        if e.name not in _TRAIN_EXTRA_MODULES:
             raise
         raise CommandError(f"vqrt {command} needs the train extra (missing {e.name}): "
                            "pip install 'vqrt[train]'") from e
@@ -76,7 +64,8 @@ def _inspect_bundle(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     if (Path(args.path) / "manifest.json").exists():
         return _inspect_bundle(args)
-    checkpoints, model_card = _import_trainer("inspect")
+    checkpoints = _import_train_extra("inspect", "vqrt.trainer.checkpoints")
+    model_card = _import_train_extra("inspect", "vqrt.trainer.model_card")
     try:
         loaded = checkpoints.load_checkpoint(args.path, config=args.config)
     except checkpoints.CheckpointError as e:
