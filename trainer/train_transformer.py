@@ -40,11 +40,10 @@ from vqrt.trainer.model_config import (
 from vqrt.trainer.models.mingpt import top_k_filter
 from vqrt.trainer.models.net2net import Net2NetTransformer
 from vqrt.trainer.training import (
-    MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, data_parallel,
-    latest_checkpoint, load_training_checkpoint, merge_settings, prepare_run, progress_bar,
-    read_settings, require_positive, samples_path, save_grid, save_training_checkpoint, seed_step,
-    set_learning_rate, settings_to_json, start_processes, stop_processes, warmup_cosine,
-    write_json, SETTINGS_FILE)
+    MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, SETTINGS_FILE,
+    data_parallel, latest_checkpoint, load_training_checkpoint, open_run, progress_bar,
+    read_settings, samples_path, save_grid, save_training_checkpoint, seed_step,
+    set_learning_rate, settings_to_json, warmup_cosine, write_json)
 
 SAMPLES = 8
 SAMPLE_TOP_K = 100
@@ -81,8 +80,6 @@ class TransformerSettings:
     world_size: int = 1
 
 
-RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "sample_every", "log_every",
-                     "keep_checkpoints", "device")
 
 
 @dataclass
@@ -369,18 +366,10 @@ def _first_stage_size(path: Path) -> int:
 
 def train_transformer(given: Mapping[str, Any], resume: bool) -> Path:
     """given: command-line values by TransformerSettings field (None = not given)."""
-    run = Path(given["out"])
-    stored = prepare_run(run, resume, "transformer")
-    processes = start_processes(given.get("device") or (stored or {}).get("device", "auto"))
-    try:
-        processes.barrier()  # every process has checked RUN/ before any writes to it
-        given = dict(given, world_size=processes.world_size)
-        settings = merge_settings(TransformerSettings, stored, given, RESUMABLE_CHANGES, run)
-        require_positive(settings, ("steps", "size", "batch_size", "lr", "n_layer", "n_head",
-                                    "n_embd", "views", "checkpoint_every", "sample_every",
-                                    "log_every", "keep_checkpoints"))
+    positive = ("steps", "size", "batch_size", "lr", "n_layer", "n_head", "n_embd", "views",
+                "checkpoint_every", "sample_every", "log_every", "keep_checkpoints")
+    with open_run(given, resume, "transformer", TransformerSettings, positive) as (
+            run, settings, processes):
         if settings.size is None:
             settings.size = _first_stage_size(Path(settings.first_stage))
         return TransformerTrainer(settings, processes).run(resume)
-    finally:
-        stop_processes()

@@ -33,10 +33,9 @@ from vqrt.trainer.losses import DISCRIMINATOR_LOSSES, NLayerDiscriminator, adapt
 from vqrt.trainer.model_config import VQMODEL, VQSEGMENTATION, ConfigError, parse_model_config
 from vqrt.trainer.models.vqgan import VQModel
 from vqrt.trainer.training import (
-    MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, data_parallel,
-    latest_checkpoint, load_training_checkpoint, merge_settings, prepare_run, progress_bar,
-    require_positive, samples_path, save_grid, save_training_checkpoint, seed_step,
-    settings_to_json, start_processes, stop_processes, write_json, SETTINGS_FILE)
+    MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, SETTINGS_FILE,
+    data_parallel, latest_checkpoint, load_training_checkpoint, open_run, progress_bar,
+    samples_path, save_grid, save_training_checkpoint, seed_step, settings_to_json, write_json)
 
 VQ_LOSS = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
 SEGMENTATION_LOSS = "taming.modules.losses.segmentation.BCELossWithQuant"
@@ -70,8 +69,6 @@ class VQGANSettings:
 
 # Fields a resumed run may change: where it lives, how long and how often, not what is
 # trained.
-RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "sample_every", "log_every",
-                     "keep_checkpoints", "device")
 
 
 @dataclass(frozen=True)
@@ -329,16 +326,9 @@ class VQGANTrainer:
 
 def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
     """given: command-line values by VQGANSettings field (None = not given)."""
-    run = Path(given["out"])
-    stored = prepare_run(run, resume, "vqgan")
-    processes = start_processes(given.get("device") or (stored or {}).get("device", "auto"))
-    try:
-        processes.barrier()  # every process has checked RUN/ before any writes to it
-        given = dict(given, world_size=processes.world_size)
-        settings = merge_settings(VQGANSettings, stored, given, RESUMABLE_CHANGES, run)
-        require_positive(settings, ("steps", "size", "resize", "batch_size", "lr",
-                                    "checkpoint_every", "sample_every", "log_every",
-                                    "keep_checkpoints", "n_labels"))
+    positive = ("steps", "size", "resize", "batch_size", "lr", "checkpoint_every",
+                "sample_every", "log_every", "keep_checkpoints", "n_labels")
+    with open_run(given, resume, "vqgan", VQGANSettings, positive) as (run, settings, processes):
         # A resumed run reads its model from its newest checkpoint, not from a YAML file
         # that may have changed since.
         checkpoint = latest_checkpoint(run) if resume else None
@@ -353,5 +343,3 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
             # Upstream's rule: the learning rate grows with the global batch.
             settings.lr = float(base) * settings.batch_size * processes.world_size
         return VQGANTrainer(settings, model_section, processes).run(resume)
-    finally:
-        stop_processes()

@@ -31,8 +31,9 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -195,6 +196,30 @@ def prepare_run(run: Path, resume: bool, stage: str) -> Optional[Dict[str, Any]]
                             "it or choose another --out")
     return None
 
+
+
+# Settings a resumed run may change; any other difference from the stored run is an error.
+RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "sample_every", "log_every",
+                     "keep_checkpoints", "device")
+
+
+@contextmanager
+def open_run(given: Mapping[str, Any], resume: bool, stage: str, settings_type,
+             positive: Tuple[str, ...]) -> Iterator[Tuple[Path, Any, "Processes"]]:
+    """Both stages' start: checks RUN/, starts the processes (torchrun or one), merges the given
+    settings with a resumed run's, checks that `positive` ones are > 0, and stops the processes
+    on the way out. Yields (run folder, settings, processes)."""
+    run = Path(given["out"])
+    stored = prepare_run(run, resume, stage)
+    processes = start_processes(given.get("device") or (stored or {}).get("device", "auto"))
+    try:
+        processes.barrier()  # every process has checked RUN/ before any writes to it
+        given = dict(given, world_size=processes.world_size)
+        settings = merge_settings(settings_type, stored, given, RESUMABLE_CHANGES, run)
+        require_positive(settings, positive)
+        yield run, settings, processes
+    finally:
+        stop_processes()
 
 # --- optimizer state as safetensors + JSON -------------------------------------------------
 
