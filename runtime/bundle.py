@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Optional, Tuple, Union
+from vqrt.runtime.strict_json import loads_strict
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -301,8 +302,8 @@ def _typed(kind: Any, value: Any, where: str) -> Any:
 
 def parse_manifest(text: str) -> Manifest:
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as e:
+        document = loads_strict(text)
+    except ValueError as e:
         raise BundleError(f"{MANIFEST_FILE}: does not parse as JSON ({e}); {REBUILD}")
     if not isinstance(document, dict):
         raise BundleError(f"{MANIFEST_FILE}: is not a JSON object; {REBUILD}")

@@ -13,13 +13,16 @@ Errors are SafetensorsError (a ValueError) with one line naming the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import numpy as np
+
+from vqrt.runtime.strict_json import loads_strict
 
 # safetensors dtype name <-> numpy dtype (little-endian). BF16 is stored as uint16 bits.
 _DTYPES = {
@@ -97,6 +100,13 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, Union[np.ndarray, Bf
         os.fsync(f.fileno())
 
 
+def _count(value: Any) -> int:
+    """A shape dimension or an offset: a non-negative JSON integer (not a float, string or bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return value
+
+
 def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, TensorInfo],
                                               Dict[str, str]]:
     """-> (arrays, infos, metadata). Arrays are read-only views of one buffer, in file order;
@@ -112,8 +122,8 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, T
     if header_len > min(_MAX_HEADER, len(data) - 8):
         raise SafetensorsError(f"{path}: header length {header_len} does not fit the file")
     try:
-        header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = loads_strict(data[8:8 + header_len])
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise SafetensorsError(f"{path}: header is not JSON ({e})")
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: header is not a JSON object")
@@ -123,11 +133,11 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, T
     for name, entry in header.items():
         try:
             dtype = _DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
+            shape = tuple(_count(d) for d in entry["shape"])
+            begin, end = (_count(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path}: malformed header entry for tensor {name}")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: an absurd shape cannot wrap around
         if not 0 <= begin <= end <= len(body) or end - begin != count * dtype.itemsize:
             raise SafetensorsError(f"{path}: tensor {name} has offsets [{begin}, {end}) that do "
                                    f"not match its shape {shape} and dtype {entry['dtype']}")
