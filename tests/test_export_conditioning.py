@@ -57,6 +57,22 @@ CASES = {
 }
 
 
+def build_random_case(name: str, root, options: BuildOptions) -> Net2NetTransformer:
+    """CASES[name] as a random torch model with every embedding spread N(0, 1) (so its codes and
+    logits are spread), saved to root / "ckpt" and built into root / "bundle" with `options`;
+    for the runtime tests. Call under one_torch_thread()."""
+    model_config = CASES[name][0]
+    torch.manual_seed(0)
+    model = Net2NetTransformer(parse_model_config(model_config).config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.weight.normal_()
+    save_checkpoint(root / "ckpt", model, model_config)
+    build_bundle(root / "ckpt", root / "bundle", options, log=lambda line: None)
+    return model
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, tmp_path_factory):
     model_config, rule, prefix_tokens = CASES[request.param]

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_conditioning import CASES
+from test_export_conditioning import CASES, build_random_case
 from torch_threads import one_torch_thread
-from vqrt.export.build import BuildOptions, build_bundle
+from vqrt.export.build import BuildOptions
 from vqrt.runtime import GenerationParams, Generator, RequestError, segmentation_one_hot
-from vqrt.trainer.checkpoints import load_checkpoint, save_checkpoint
-from vqrt.trainer.model_config import parse_model_config
-from vqrt.trainer.models.net2net import Net2NetTransformer
+from vqrt.trainer.checkpoints import load_checkpoint
 
 BATCH = 2
 
@@ -25,17 +23,9 @@ BATCH = 2
 def case(request, tmp_path_factory):
     """-> (name, bundle path, the condition for the Generator, torch's greedy tokens)."""
     name = request.param
-    model_config = CASES[name][0]
     root = tmp_path_factory.mktemp(f"runtime-{name}")
     with one_torch_thread():
-        torch.manual_seed(0)
-        model = Net2NetTransformer(parse_model_config(model_config).config).eval()
-        with torch.no_grad():  # spread the codes and logits of the random model
-            for module in model.modules():
-                if isinstance(module, torch.nn.Embedding):
-                    module.weight.normal_()
-        save_checkpoint(root / "ckpt", model, model_config)
-        build_bundle(root / "ckpt", root / "bundle", BuildOptions(), log=lambda line: None)
+        build_random_case(name, root, BuildOptions())
         loaded = load_checkpoint(root / "ckpt")
         cond, torch_cond = condition(name)
         prefix = loaded.model.encode_to_c(torch_cond)

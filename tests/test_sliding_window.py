@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_conditioning import CASES
+from test_export_conditioning import build_random_case
 from torch_threads import one_torch_thread
 from vqrt import _native
 from vqrt.cli import main
 from vqrt.export.build import BuildOptions, build_bundle
 from vqrt.runtime import GenerationParams, Generator, RequestError, segmentation_one_hot
 from vqrt.runtime.decoding import WindowedDecoding
-from vqrt.trainer.checkpoints import load_checkpoint, save_checkpoint
-from vqrt.trainer.model_config import parse_model_config
+from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.models.net2net import Net2NetTransformer
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
@@ -154,17 +153,7 @@ def test_stride_must_fit_the_window(generators):
 def conditioned_model(name: str, root: Path) -> Net2NetTransformer:
     """A case of tests/test_export_conditioning.py (f = 2, 16 x 16 pixels: an 8 x 8 grid; block
     128) as a random torch model, built into root / "bundle" with latents up to 16 x 16."""
-    model_config = CASES[name][0]
-    torch.manual_seed(0)
-    model = Net2NetTransformer(parse_model_config(model_config).config).eval()
-    with torch.no_grad():  # spread the codes and logits of the random model
-        for module in model.modules():
-            if isinstance(module, torch.nn.Embedding):
-                module.weight.normal_()
-    save_checkpoint(root / "ckpt", model, model_config)
-    build_bundle(root / "ckpt", root / "bundle", BuildOptions(max_size=(32, 32)),
-                 log=lambda line: None)
-    return model
+    return build_random_case(name, root, BuildOptions(max_size=(32, 32)))
 
 
 def test_spatial_condition_is_cropped_with_the_window(tmp_path):
