@@ -165,6 +165,32 @@ void read_tensorrt(const JsonValue& s, Listing& listing) {
   }
 }
 
+// The C API does not decode images; it only checks that the files the section names are listed.
+void read_tiled_decoder(const JsonValue& s, Listing& listing) {
+  const std::string where = "manifest.tiled_decoder";
+  s.check_fields({"format", "program", "tensors", "weights"}, where);
+  s.at("format", where).as_string(where + ".format");
+  for (const char* part : {"program", "tensors", "weights"}) {
+    listing.referenced.emplace_back(s.at(part, where).as_string(where + "." + part),
+                                    std::string("tiled decoder ") + part);
+  }
+}
+
+// Int8 graphs run as any graph; only the calibration caches the section names are checked.
+void read_quantization(const JsonValue& s, Listing& listing) {
+  const std::string where = "manifest.quantization";
+  s.check_fields({"calibration_data", "calibration_sha256", "calibration_images",
+                  "held_out_images", "graphs", "native", "quality"}, where);
+  for (const auto& [name, g] : s.at("graphs", where).as_object(where + ".graphs")) {
+    const std::string at = where + ".graphs." + name;
+    g.check_fields({"calibration_cache", "recipe", "fp32_nodes"}, at);
+    listing.referenced.emplace_back(
+        g.at("calibration_cache", at).as_string(at + ".calibration_cache"),
+        "calibration cache of graph " + name);
+  }
+  s.at("quality", where).as_object(where + ".quality");
+}
+
 void read_files(const JsonValue& files, Listing& listing) {
   const auto& items = files.as_array("manifest.files");
   for (size_t i = 0; i < items.size(); ++i) {
@@ -182,7 +208,8 @@ void read_files(const JsonValue& files, Listing& listing) {
 const std::vector<std::string> kManifestFields = {
     "schema_version", "created",  "kind",   "requested_precision", "backends", "model_card",
     "first_stage",    "transformer", "tokenization", "conditioning", "limits", "graphs",
-    "kv_cache",       "native",   "tensorrt", "files", "tools", "parity", "notes"};
+    "kv_cache",       "native",   "tensorrt", "tiled_decoder", "files", "tools", "parity",
+    "quantization", "notes"};
 
 void parse_manifest(const std::vector<uint8_t>& text, BundleManifest& m, Listing& listing) {
   const JsonValue doc = parse_json(reinterpret_cast<const char*>(text.data()), text.size());
@@ -232,11 +259,13 @@ void parse_manifest(const std::vector<uint8_t>& text, BundleManifest& m, Listing
     listing.referenced.emplace_back(m.native_file, "native weights");
   }
   if (const JsonValue* s = optional(doc, "tensorrt")) read_tensorrt(*s, listing);
+  if (const JsonValue* s = optional(doc, "tiled_decoder")) read_tiled_decoder(*s, listing);
   read_files(doc.at("files", "manifest"), listing);
   for (const auto& [tool, version_text] : doc.at("tools", "manifest").as_object("manifest.tools")) {
     version_text.as_string("manifest.tools." + tool);
   }
   doc.at("parity", "manifest").as_object("manifest.parity");
+  if (const JsonValue* s = optional(doc, "quantization")) read_quantization(*s, listing);
   for (const JsonValue& n : doc.at("notes", "manifest").as_array("manifest.notes")) {
     n.as_string("manifest.notes[]");
   }

@@ -10,8 +10,10 @@ and by --precision (the ONNX graphs are fp32 unless fp16 is asked for):
   fp16  fp16 graphs (fp32 islands, see onnx_builder), fp16 native weights, fp16 engines
   bf16  bf16 native weights and bf16 engines; fp32 graphs (ONNX Runtime's CPU provider has
         almost no bf16 kernels), so --backend onnxruntime refuses bf16
-  int8  weight-only int8 native weights; fp32 graphs; int8 graphs and engines need static
-        calibration (issue 9), so --backend onnxruntime and tensorrt refuse int8
+  int8  weight-only int8 native weights; fp32 graphs, unless --calibration-data DIR: then the
+        encoder and decoder graphs are int8 QDQ, calibrated on those images, and a quality
+        report against fp32 on held-out images goes into the manifest (export/quantize_bundle.py);
+        the transformer graphs stay fp32, so --backend onnxruntime and tensorrt refuse int8
 
 Every failure a user can cause is a BuildError with one line; nothing is left on disk then.
 """
@@ -31,18 +33,22 @@ import onnxruntime
 import torch
 
 import vqrt
+from vqrt.calibration.data import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
+from vqrt.calibration.data import DEFAULT_SAMPLED, CalibrationError, build_calibration_set
 from vqrt.export import tensorrt_engines
 from vqrt.export.bundle_writer import OutputError, check_output, staged_directory
 from vqrt.export.native_weights import LAYOUT, write_native_weights
 from vqrt.export.onnx_builder import OPSET, save_graph, save_graphs_sharing_weights
+from vqrt.export.onnx_tiled_decoder import PROGRAM_FORMAT, write_tiled_decoder
 from vqrt.export.onnx_transformer import KV_INPUT, KV_OUTPUT, kv_cache_shape, transformer_graph
 from vqrt.export.onnx_vqgan import can_encode, cond_encoder_graph, decoder_graph, encoder_graph
 from vqrt.export.parity import parity_report
+from vqrt.export.quantize_bundle import failure_message, quantize_bundle
 from vqrt.runtime.bundle import (
     MANIFEST_FILE, SCHEMA_VERSION, Conditioning, FileEntry, FirstStageSpec, GraphSpec,
     KVCacheSpec, Limits, Manifest, NativeWeightsSpec, ShapeRange, TensorRTSpec, TensorSpec,
-    Tokenization, TransformerSpec, manifest_json, sha256_file)
-from vqrt.runtime.bundle_card import format_parity, format_value
+    TiledDecoderSpec, Tokenization, TransformerSpec, manifest_json, sha256_file)
+from vqrt.runtime.bundle_card import format_parity, format_quality, format_value
 from vqrt.trainer.checkpoints import CheckpointError, LoadedModel, load_checkpoint
 from vqrt.trainer.model_card import model_card
 from vqrt.trainer.models.cond import CoordCondConfig, FirstStageCondConfig
@@ -68,6 +74,8 @@ class BuildOptions:
     max_batch: int = 8
     max_size: Optional[Tuple[int, int]] = None  # (width, height) in pixels; None: training size
     allow_drift: bool = False
+    calibration_data: Optional[str] = None  # int8: a folder of images for static calibration
+    calibration_count: Optional[int] = None  # images to calibrate on; None: the default (64)
     force: bool = False
 
 
@@ -89,9 +97,14 @@ def _plan(options: BuildOptions) -> _Plan:
         raise BuildError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend}")
     if options.max_batch < 1:
         raise BuildError(f"--max-batch must be at least 1, got {options.max_batch}")
+    if options.calibration_count is not None and options.calibration_data is None:
+        raise BuildError("--calibration-count needs --calibration-data DIR")
+    if options.calibration_data is not None and precision != "int8":
+        raise BuildError(f"--calibration-data is for --precision int8, not {precision}")
     if precision == "int8" and backend in ("onnxruntime", "tensorrt"):
-        raise BuildError(f"--precision int8 is weight-only int8 for the native backend; int8 "
-                         f"{backend} graphs need static calibration (issue 9): use --backend "
+        raise BuildError(f"--precision int8 quantizes the native transformer weights (and, "
+                         "with --calibration-data, the encoder and decoder graphs); int8 "
+                         f"transformer graphs for {backend} are not built: use --backend "
                          "native or auto, or another precision")
     if precision == "bf16" and backend == "onnxruntime":
         raise BuildError("--precision bf16 is for the native and tensorrt backends (ONNX "
@@ -104,6 +117,8 @@ def _plan(options: BuildOptions) -> _Plan:
             environment = tensorrt_engines.probe()
         except tensorrt_engines.TensorRTUnavailable as e:
             raise BuildError(f"--backend tensorrt: {e}; it needs {tensorrt_engines.NEEDS}")
+    elif backend == "auto" and precision == "int8" and options.calibration_data is not None:
+        notes.append("TensorRT not used: engines from the int8 QDQ graphs are not built yet")
     elif backend == "auto" and precision == "int8":
         notes.append("TensorRT not used: int8 engines need static calibration (issue 9)")
     elif backend == "auto":
@@ -119,6 +134,11 @@ def _plan(options: BuildOptions) -> _Plan:
         notes.append("bf16: native transformer weights in bf16; ONNX graphs stay fp32 (ONNX "
                      "Runtime's CPU provider lacks bf16 kernels); TensorRT engines, where "
                      "present, use the BF16 builder flag")
+    elif precision == "int8" and options.calibration_data is not None:
+        notes.append("int8: encoder and decoder graphs are int8 QDQ from static calibration "
+                     "(quantization section); native transformer weights are weight-only int8 "
+                     "with per-output-channel fp32 scales; the other ONNX graphs and the tiled "
+                     "decoder's tile graphs stay fp32")
     elif precision == "int8":
         notes.append("int8: native transformer weights are weight-only int8 with per-output-"
                      "channel fp32 scales; ONNX graphs stay fp32; int8 graphs and engines need "
@@ -295,12 +315,20 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
     try:
         check_output(output, options.force)
         loaded = load_checkpoint(checkpoint, config)
-    except (OutputError, CheckpointError) as e:
+        calibration = None
+        if options.calibration_data is not None:  # read and encoded before anything is written
+            count = (DEFAULT_CALIBRATION_COUNT if options.calibration_count is None
+                     else options.calibration_count)
+            calibration = build_calibration_set(loaded, options.calibration_data, count,
+                                                sampled=DEFAULT_SAMPLED)
+            log(f"calibration set: {calibration.describe()}")
+    except (OutputError, CheckpointError, CalibrationError) as e:
         raise BuildError(str(e)) from e
     if loaded.kind != "net2net" and options.backend == "native":
         raise BuildError(f"{loaded.weights_path}: a first stage alone has no transformer for "
                          "the native backend; use --backend onnxruntime or auto")
-    if loaded.kind != "net2net" and options.precision == "int8":
+    if (loaded.kind != "net2net" and options.precision == "int8"
+            and options.calibration_data is None):
         raise BuildError(f"{loaded.weights_path}: --precision int8 quantizes transformer weights "
                          "and a first stage alone has none; use fp32 or fp16")
     limits = _limits(loaded, options)
@@ -309,6 +337,9 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
     try:
         with staged_directory(output, options.force) as staging:
             graphs, kv, graph_notes = _write_graphs(loaded, staging, plan, log)
+            tiled_decoder = TiledDecoderSpec(PROGRAM_FORMAT,
+                                             **write_tiled_decoder(loaded.first_stage, staging))
+            log(f"wrote the tiled decoder ({tiled_decoder.program})")
             native = native_error = None
             if plan.native and loaded.kind == "net2net":
                 codebook = (loaded.first_stage.quantize.embed if first_stage.quantizer == "gumbel"
@@ -318,6 +349,14 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
                                                     options.precision)
                 native = NativeWeightsSpec(NATIVE_FILE, options.precision, LAYOUT)
                 log(f"wrote {NATIVE_FILE} ({options.precision})")
+            quantization = None
+            if calibration is not None:
+                graphs, quantization = quantize_bundle(
+                    loaded, staging, graphs, native.file if native else None, calibration,
+                    options.allow_drift, log)
+                log(format_quality(quantization.quality))
+                if not quantization.quality.passed and not options.allow_drift:
+                    raise BuildError(failure_message(quantization.quality))
             report = parity_report(loaded, staging, graphs, kv, native_error, options.allow_drift)
             log(format_parity(report))
             if not report.passed and not options.allow_drift:
@@ -344,8 +383,9 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
                 model_card=card.to_dict(), first_stage=first_stage, transformer=transformer,
                 tokenization=tokenization, conditioning=conditioning, limits=limits,
                 graphs=graphs, kv_cache=kv, native=native, tensorrt=tensorrt,
+                tiled_decoder=tiled_decoder,
                 files=_file_entries(staging), tools=_tools(tensorrt), parity=report,
-                notes=plan.notes + tuple(graph_notes + engine_notes))
+                quantization=quantization, notes=plan.notes + tuple(graph_notes + engine_notes))
             _write_manifest(staging / MANIFEST_FILE, manifest)
     except OutputError as e:
         raise BuildError(str(e)) from e

@@ -16,11 +16,11 @@ from typing import Dict, Protocol, Tuple
 
 import numpy as np
 
-from vqrt.runtime.bundle import Bundle
+from vqrt.runtime.bundle import REBUILD, Bundle, BundleError
 from vqrt.runtime.native_decoder import GPTShape, NativeDecoder
 from vqrt.runtime.ort_transformer import OrtTransformer, OrtTransformerGraphs
 from vqrt.runtime.params import RequestError
-from vqrt.runtime.safetensors_io import read_safetensors
+from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 
 BACKENDS = ("auto", "native", "onnxruntime")
 
@@ -38,12 +38,25 @@ class NativeBackend:
 
     def __init__(self, bundle: Bundle, num_threads: int):
         m = bundle.manifest
-        arrays, infos, _ = read_safetensors(bundle.file(m.native.file))
+        path = bundle.file(m.native.file)
+        try:
+            arrays, infos, _ = read_safetensors(path)
+        except SafetensorsError as e:  # listed with its hash, yet not a safetensors file
+            raise BundleError(f"{e}; {REBUILD}") from None
         t = m.transformer
         self._shape = GPTShape(t.n_layer, t.n_head, t.n_embd, t.vocab_size, t.block_size)
         self._arrays = arrays
         self._dtypes = {name: info.dtype for name, info in infos.items()}
         self._num_threads = num_threads
+        # Every tensor's name, shape and dtype against the manifest's sizes now, with a
+        # one-position cache, so weights that do not match fail at load (naming the file),
+        # not at the first request, and no cache is sized from numbers the weights contradict.
+        try:
+            NativeDecoder(self._shape, arrays, self._dtypes, max_batch=1, max_len=1,
+                          num_threads=1)
+        except ValueError as e:
+            raise BundleError(f"{path}: {e} (the manifest's transformer section); "
+                              f"{REBUILD}") from None
 
     def new_state(self, batch: int) -> NativeDecoder:
         return NativeDecoder(self._shape, self._arrays, self._dtypes, max_batch=batch,

@@ -23,10 +23,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Optional, Tuple, Union
-from vqrt.runtime.strict_json import loads_strict
+from vqrt.runtime.strict_json import loads_strict, printable
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST = 64 << 20  # bytes; the C++ reader's limit too
 REBUILD = "rebuild it with `vqrt build`"
 
 Dim = Union[int, str]  # a fixed size, or the name of a dynamic axis (batch, seq, height, ...)
@@ -34,6 +35,9 @@ Dim = Union[int, str]  # a fixed size, or the name of a dynamic axis (batch, seq
 
 class BundleError(ValueError):
     """A bundle that cannot be loaded; the message is one line naming the file at fault."""
+
+    def __init__(self, message: str):
+        super().__init__(printable(message))  # names from the manifest may hold line breaks
 
 
 # --- schema ---------------------------------------------------------------------------------
@@ -50,7 +54,9 @@ class GraphSpec:
     """One ONNX graph. external_data: the file holding its weights when they are shared with
     another graph (the transformer's prefill and step graphs share one)."""
     file: str
-    precision: str  # fp32 or fp16 (fp16 graphs keep normalisation, softmax, argmin in fp32)
+    # fp32; fp16 (normalisation, softmax, argmin stay fp32); int8 (QDQ, statically calibrated:
+    # Manifest.quantization says how and what it costs)
+    precision: str
     opset: int
     inputs: Tuple[TensorSpec, ...]
     outputs: Tuple[TensorSpec, ...]
@@ -160,6 +166,17 @@ class TensorRTSpec:
 
 
 @dataclass(frozen=True)
+class TiledDecoderSpec:
+    """The decoder as a program of tile graphs (export/onnx_tiled_decoder.py), which the
+    runtime runs layer by layer in tiles (runtime/tiled_decode.py). The program names its step
+    graphs, each of which must be in the file list."""
+    format: str  # vqrt-tiled-decoder-1
+    program: str  # program.json: the steps, their graphs and buffers
+    tensors: str  # safetensors: codebook [N, E] and the GroupNorm affines
+    weights: str  # the step graphs' shared ONNX external data
+
+
+@dataclass(frozen=True)
 class FileEntry:
     path: str  # relative, '/'-separated
     sha256: str
@@ -187,6 +204,28 @@ class ParityReport:
 
 
 @dataclass(frozen=True)
+class QuantizedGraphSpec:
+    """One graph quantized to int8 by static calibration (`vqrt build --precision int8
+    --calibration-data`); the graph itself is graphs[name], with precision int8."""
+    calibration_cache: str  # file: the activation ranges it was made from (ONNX Runtime JSON)
+    recipe: str  # format, weight and activation types, calibration method, what stays fp32
+    fp32_nodes: Tuple[str, ...]  # Conv/MatMul nodes kept fp32
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """How the int8 parts were made and what they cost: `quality` compares them with fp32 on
+    real images the calibration did not use (decoder PSNR/SSIM, transformer NLL/agreement)."""
+    calibration_data: str  # what the calibration and held-out sets were
+    calibration_sha256: str  # over the chosen files' names and bytes
+    calibration_images: int
+    held_out_images: int
+    graphs: Dict[str, QuantizedGraphSpec]  # graph name -> how it was quantized
+    native: str  # how the native weights were quantized ("" when the bundle has none)
+    quality: ParityReport
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     created: str  # UTC, ISO 8601
@@ -203,9 +242,11 @@ class Manifest:
     kv_cache: Optional[KVCacheSpec]
     native: Optional[NativeWeightsSpec]
     tensorrt: Optional[TensorRTSpec]
+    tiled_decoder: Optional[TiledDecoderSpec]
     files: Tuple[FileEntry, ...]
     tools: Dict[str, str]  # versions of what built it, GPU included where one was used
     parity: ParityReport
+    quantization: Optional[QuantizationSpec]  # int8 builds from calibration data, else None
     notes: Tuple[str, ...]
 
     def referenced_files(self) -> Dict[str, str]:
@@ -220,6 +261,12 @@ class Manifest:
         if self.tensorrt is not None:
             for name, engine in self.tensorrt.engines.items():
                 refs[engine.file] = f"TensorRT engine {name}"
+        if self.tiled_decoder is not None:
+            for part in ("program", "tensors", "weights"):
+                refs[getattr(self.tiled_decoder, part)] = f"tiled decoder {part}"
+        if self.quantization is not None:
+            for name, graph in self.quantization.graphs.items():
+                refs[graph.calibration_cache] = f"calibration cache of graph {name}"
         return refs
 
 
@@ -311,7 +358,96 @@ def parse_manifest(text: str) -> Manifest:
     if version != SCHEMA_VERSION:
         raise BundleError(f"{MANIFEST_FILE}: schema version {version!r} is not supported (this "
                           f"vqrt reads version {SCHEMA_VERSION}); {REBUILD} of this vqrt")
-    return _typed(Manifest, document, "manifest")
+    manifest = _typed(Manifest, document, "manifest")
+    check_values(manifest)
+    return manifest
+
+
+# --- values ---------------------------------------------------------------------------------
+
+PREFIX_RULES = ("class_id", "sos", "cond_encoder", "coord")
+
+
+def _value_error(where: str, value: Any, rule: str) -> BundleError:
+    return BundleError(f"{MANIFEST_FILE}: {where} is {value!r}, {rule}; {REBUILD}")
+
+
+def _positive(where: str, *values: int) -> None:
+    for value in values:
+        if value < 1:
+            raise _value_error(where, value, "must be >= 1")
+
+
+def check_values(m: Manifest) -> None:
+    """What the types alone do not say: every size the runtime computes with is >= 1, every
+    token a prefix rule makes lies in the vocabulary, and the KV cache is the transformer's.
+    A hand-edited or hostile manifest then fails here, naming the field, instead of as a
+    division by zero, an out-of-range embedding row or an absurd allocation later. The graphs
+    and native weights are checked against these numbers when they load (backends.py,
+    ort_transformer.py)."""
+    if m.kind not in ("net2net", "vqgan"):
+        raise _value_error("manifest.kind", m.kind, "not net2net or vqgan")
+    fs = m.first_stage
+    _positive("manifest.first_stage.image_channels", fs.image_channels)
+    _positive("manifest.first_stage.downsampling_factor", fs.downsampling_factor)
+    _positive("manifest.first_stage.training_size", *fs.training_size)
+    _positive("manifest.first_stage.training_grid", *fs.training_grid)
+    _positive("manifest.first_stage.codebook_size", fs.codebook_size)
+    _positive("manifest.first_stage.codebook_dim", fs.codebook_dim)
+    _positive("manifest.limits.max_batch", m.limits.max_batch)
+    _positive("manifest.limits.max_latent", *m.limits.max_latent)
+    if m.kind == "vqgan":
+        return
+    t, tok, cond = m.transformer, m.tokenization, m.conditioning
+    for section, value in (("transformer", t), ("tokenization", tok), ("conditioning", cond)):
+        if value is None:
+            raise _value_error(f"manifest.{section}", None, "which a net2net bundle needs")
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "head_dim"):
+        _positive(f"manifest.transformer.{name}", getattr(t, name))
+    if t.n_head * t.head_dim != t.n_embd:
+        raise _value_error("manifest.transformer.n_embd", t.n_embd,
+                           f"not n_head {t.n_head} x head_dim {t.head_dim}")
+    if fs.codebook_size > t.vocab_size:
+        raise _value_error("manifest.first_stage.codebook_size", fs.codebook_size,
+                           f"more than the transformer's vocabulary of {t.vocab_size}")
+    if m.limits.max_sequence is not None and m.limits.max_sequence != t.block_size:
+        raise _value_error("manifest.limits.max_sequence", m.limits.max_sequence,
+                           f"not the block size {t.block_size}")
+    if tok.prefix not in PREFIX_RULES:
+        raise _value_error("manifest.tokenization.prefix", tok.prefix,
+                           f"not one of {', '.join(PREFIX_RULES)} (a newer vqrt's bundle?)")
+    if cond.prefix_tokens < 0 or cond.prefix_tokens > t.block_size:
+        raise _value_error("manifest.conditioning.prefix_tokens", cond.prefix_tokens,
+                           f"outside [0, block size {t.block_size}]")
+    vocabulary = f"outside the vocabulary [0, {t.vocab_size})"
+    if tok.prefix == "class_id":  # class c is token c
+        if cond.n_classes is None or not 1 <= cond.n_classes <= t.vocab_size:
+            raise _value_error("manifest.conditioning.n_classes", cond.n_classes,
+                               f"not in [1, vocabulary {t.vocab_size}]")
+    elif tok.prefix == "sos":
+        if cond.sos_token is None or not 0 <= cond.sos_token < t.vocab_size:
+            raise _value_error("manifest.conditioning.sos_token", cond.sos_token, vocabulary)
+    elif tok.prefix == "cond_encoder":
+        if cond.cond_channels is None or cond.cond_channels < 1:
+            raise _value_error("manifest.conditioning.cond_channels", cond.cond_channels,
+                               "must be >= 1")
+        if cond.cond_resize is not None:
+            _positive("manifest.conditioning.cond_resize", cond.cond_resize)
+    else:  # coord: tokens are round(coord_n_embed * x) for x in [0, 1]
+        if cond.coord_down_factor is None or cond.coord_down_factor < 1:
+            raise _value_error("manifest.conditioning.coord_down_factor",
+                               cond.coord_down_factor, "must be >= 1")
+        if cond.coord_n_embed is None or not 0 <= cond.coord_n_embed < t.vocab_size:
+            raise _value_error("manifest.conditioning.coord_n_embed", cond.coord_n_embed,
+                               vocabulary)
+    if m.kv_cache is not None:
+        if m.kv_cache.dtype not in ("float32", "float16"):
+            raise _value_error("manifest.kv_cache.dtype", m.kv_cache.dtype,
+                               "not float32 or float16")
+        expected = (t.n_layer, 2, "batch", t.n_head, t.block_size, t.head_dim)
+        if tuple(m.kv_cache.shape) != expected:
+            raise _value_error("manifest.kv_cache.shape", list(m.kv_cache.shape),
+                               f"not the transformer's {list(expected)}")
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -327,7 +463,7 @@ def sha256_file(path: Path) -> str:
 def _check_inside(root: Path, relative: str) -> Path:
     """root / relative, refusing absolute paths, `..`, and symlinks on the way."""
     pure = PurePosixPath(relative)
-    if (not relative or pure.is_absolute() or "\\" in relative
+    if (not relative or pure.is_absolute() or "\\" in relative or "\0" in relative
             or any(part in ("..", ".", "") for part in relative.split("/"))):
         raise BundleError(f"{root / MANIFEST_FILE}: file path {relative!r} leaves the bundle or "
                           f"is not a plain relative path; {REBUILD}")
@@ -373,6 +509,10 @@ def load_bundle(path: Union[str, Path]) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing, so {root} is not a bundle; build one with "
                           "`vqrt build`")
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST:  # read whole, so bounded first (csrc/bundle.h kMaxManifest)
+        raise BundleError(f"{manifest_path}: {size} bytes, more than a manifest's {MAX_MANIFEST};"
+                          f" {REBUILD}")
     try:
         manifest = parse_manifest(manifest_path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

@@ -11,8 +11,10 @@ def format_value(check: ParityCheck) -> str:
     return "non-finite" if check.value is None else f"{check.value:.6g}"
 
 
-def format_parity(report: ParityReport) -> str:
-    lines = [f"parity vs torch ({report.inputs}):"]
+def format_parity(report: ParityReport, title: str = "parity vs torch") -> str:
+    """A ParityReport as lines: the build's parity report, or (title "int8 vs fp32 on held-out
+    data") the int8 quality report, Manifest.quantization.quality."""
+    lines = [f"{title} ({report.inputs}):"]
     for c in report.checks:
         limit = "" if c.limit is None else f" (limit {c.limit:g})"
         status = "ok" if c.passed else "FAIL"
@@ -21,6 +23,10 @@ def format_parity(report: ParityReport) -> str:
         lines.append("  built with --allow-drift despite the failures above"
                      if report.drift_allowed else "  FAILED")
     return "\n".join(lines)
+
+
+def format_quality(report: ParityReport) -> str:
+    return format_parity(report, "int8 vs fp32 on held-out data")
 
 
 def _tensor(spec: TensorSpec) -> str:
@@ -100,6 +106,8 @@ def format_bundle(bundle: Bundle) -> str:
     lines.append("  graphs")
     lines += [_graph_line(name, graph) for name, graph in m.graphs.items()]
     lines += ["  " + line for line in format_parity(m.parity).splitlines()]
+    if m.quantization is not None:
+        lines += ["  " + line for line in format_quality(m.quantization.quality).splitlines()]
     if m.notes:
         lines.append("  notes")
         lines += [f"    - {note}" for note in m.notes]

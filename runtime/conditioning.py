@@ -32,8 +32,10 @@ def segmentation_one_hot(labels: np.ndarray, n_labels: int) -> np.ndarray:
     if labels.ndim != 3 or labels.dtype.kind not in "iu":
         raise RequestError(f"a label map must be integer [B, H, W], got {labels.dtype} "
                            f"{list(labels.shape)}")
-    if labels.size and labels.max() >= n_labels:
-        raise RequestError(f"label map holds label {int(labels.max())}, but the model has "
+    if labels.size and (labels.max() >= n_labels or labels.min() < 0):
+        # A negative label would index the one-hot axis from its end: refuse it too.
+        bad = int(labels.max()) if labels.max() >= n_labels else int(labels.min())
+        raise RequestError(f"label map holds label {bad}, but the model has "
                            f"{n_labels} labels (0..{n_labels - 1})")
     one_hot = np.zeros((labels.shape[0], n_labels) + labels.shape[1:], dtype=np.float32)
     np.put_along_axis(one_hot, labels[:, None].astype(np.int64), 1.0, axis=1)
@@ -74,10 +76,13 @@ class Conditioner:
                 "sos": "unconditional", "cond_encoder": f"conditioned on a {c.cond_stage_key} map",
                 "coord": "conditioned on a coordinate map"}.get(self.rule, self.rule)
 
-    def prefix(self, class_labels: Optional[ClassLabels],
-               cond: Optional[np.ndarray]) -> np.ndarray:
+    def prefix(self, class_labels: Optional[ClassLabels], cond: Optional[np.ndarray],
+               image_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
         """-> int64 [N, P]: the prefix tokens of each row of the condition (batch_rows says
-        how N rows make the batch)."""
+        how N rows make the batch). image_size: the request's (H, W) in pixels; a spatial
+        condition the cond stage does not resize must have it (as upstream's datasets crop
+        image and condition alike), else its tokens would lie on another grid than the
+        image's."""
         wants_labels, wants_cond = self.rule == "class_id", self.rule in ("cond_encoder", "coord")
         if (class_labels is not None) != wants_labels:
             raise RequestError(f"this bundle is {self.describe()}: "
@@ -93,13 +98,23 @@ class Conditioner:
             rows = np.full((1, self.conditioning.prefix_tokens), self.conditioning.sos_token,
                            dtype=np.int64)
         elif self.rule == "cond_encoder":
-            rows = self._encode_cond(cond)
+            rows = self._encode_cond(self._check_size(cond, image_size))
         elif self.rule == "coord":
-            rows = self._coord_tokens(cond)
+            rows = self._coord_tokens(self._check_size(cond, image_size))
         else:
             raise RequestError(f"prefix rule {self.rule!r} is not known to this runtime; "
                                "update vqrt")
         return rows
+
+    def _check_size(self, cond: np.ndarray, image_size: Optional[Tuple[int, int]]):
+        shape = np.shape(cond)
+        if (image_size is None or self.conditioning.cond_resize is not None or len(shape) != 4
+                or tuple(shape[2:]) == tuple(image_size)):
+            return cond
+        height, width = image_size
+        raise RequestError(f"the condition map is {shape[3]}x{shape[2]} pixels but the image is "
+                           f"{width}x{height}: they must match (resize the map, or generate "
+                           f"at its size, --size {shape[3]}x{shape[2]})")
 
     def _class_tokens(self, class_labels: ClassLabels) -> np.ndarray:
         labels = np.atleast_1d(np.asarray(class_labels))

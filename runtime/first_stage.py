@@ -13,9 +13,10 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from vqrt.runtime.bundle import Bundle
+from vqrt.runtime.bundle import REBUILD, Bundle, BundleError
 from vqrt.runtime.onnx_sessions import open_session
 from vqrt.runtime.params import RequestError
+from vqrt.runtime.tiled_decode import TiledDecoder, TilePlan
 
 
 def to_pixels(decoded: np.ndarray) -> np.ndarray:
@@ -35,25 +36,31 @@ def from_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 class FirstStage:
-    """The encoder and decoder sessions of one bundle (read-only, shared across threads)."""
+    """The encoder session and the tiled decoder of one bundle (read-only, shared across
+    threads). Images always decode through the tiled decoder (runtime/tiled_decode.py), the one
+    decoding routine; the whole-image decoder graph is for other engines and for tests."""
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
-                 num_threads: int):
+                 num_threads: int, decoder_engine: str = "auto"):
         m = bundle.manifest
         self.bundle = bundle
         self.factor = m.first_stage.downsampling_factor
         self.channels = m.first_stage.image_channels
         self.codebook_size = m.first_stage.codebook_size
         self.limits = m.limits
-        self._decoder = open_session(bundle.graph_path("decoder"), providers, device,
-                                     num_threads)
+        if m.tiled_decoder is None:
+            raise BundleError(f"{bundle.path}: the bundle has no tiled decoder; {REBUILD} of "
+                              "this vqrt")
+        self._decoder = TiledDecoder(bundle, providers, device, num_threads, decoder_engine)
         self._encoder = (open_session(bundle.graph_path("encoder"), providers, device,
                                       num_threads) if "encoder" in m.graphs else None)
 
     @property
     def providers(self) -> Dict[str, Tuple[str, ...]]:
-        sessions = {"decoder": self._decoder, "encoder": self._encoder}
-        return {name: tuple(s.get_providers()) for name, s in sessions.items() if s is not None}
+        found = {"decoder": self._decoder.providers}
+        if self._encoder is not None:
+            found["encoder"] = tuple(self._encoder.get_providers())
+        return found
 
     # --- checks against the bundle's limits ---------------------------------------------------
 
@@ -117,11 +124,19 @@ class FirstStage:
         images = np.ascontiguousarray(images, dtype=np.float32)
         return self._encoder.run(None, {"image": images})[0]
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """codes int64 [B, h, w] -> the decoder's raw output float32 [B, C, h*f, w*f]."""
+    def plan_decode(self, batch: int, h: int, w: int, tile: Optional[int] = None,
+                    max_memory: Optional[int] = None) -> TilePlan:
+        """The tile plan for decoding [batch, h, w] codes; a RequestError when it cannot fit
+        max_memory (bytes), raised before anything is allocated."""
+        return self._decoder.plan(batch, h, w, tile, max_memory)
+
+    def decode(self, codes: np.ndarray, tile: Optional[int] = None,
+               max_memory: Optional[int] = None) -> np.ndarray:
+        """codes int64 [B, h, w] -> the decoder's raw output float32 [B, C, h*f, w*f], decoded
+        in tiles of `tile` latent positions (or the largest that fits max_memory bytes)."""
         codes = self.check_codes(codes, "tokens")
         if codes.ndim != 3:
             raise RequestError(f"tokens must be [B, h, w], got shape {list(codes.shape)}")
         self.check_batch(codes.shape[0])
         self.check_latent(codes.shape[1], codes.shape[2])
-        return self._decoder.run(None, {"indices": codes})[0]
+        return self._decoder.decode(codes, tile, max_memory)

@@ -25,8 +25,9 @@ Thread safety: after construction a Generator is read-only (the bundle, the ONNX
 sessions, whose run() is thread-safe, and the native weights, which the decoder only reads),
 so any number of threads may call generate() / start() on one Generator at once. Each start()
 makes its own decoding state (a KV cache sized for its batch), owned by its Generation; a
-Generation is driven by one thread at a time. The tokens of a row do not depend on the thread,
-the batch around it or the backend's thread count.
+Generation is driven by one thread at a time, and any thread may cancel() it (the step running
+then finishes its token and no further step runs). The tokens of a row do not depend on the
+thread, the batch around it or the backend's thread count (tests/test_reliability_threads.py).
 """
 from __future__ import annotations
 
@@ -98,32 +99,53 @@ class Generation:
     def step(self) -> np.ndarray:
         """Draws the next image token of every row -> int64 [B], and computes the logits of
         the one after it (unless it is the last)."""
-        if self._decoding is None:
+        # One read of the decoding: cancel() from another thread may clear the attribute while
+        # this step runs; the step then finishes on its own reference and no further one starts.
+        decoding = self._decoding
+        if decoding is None:
             raise RequestError("this generation is cancelled" if self._cancelled
                                else "this generation is done: call result()")
         codes = self._generator.codebook_size
         logits = self._logits if self._logits.shape[1] == codes else np.ascontiguousarray(
             self._logits[:, :codes])
-        p = self._params
         started = time.perf_counter()
-        token = sample_logits(logits, top_k=codes if p.top_k is None else p.top_k, top_p=p.top_p,
-                              temperature=p.temperature, seeds=self._seeds, step=self._count,
-                              greedy=p.greedy, num_threads=self._generator.num_threads)
+        token = self._sample(logits)
         sampled = time.perf_counter()
         self._timings["sampling_s"] += sampled - started
         self._tokens[:, self._count] = token
         self._count += 1
-        if self._count < self.total:
-            self._logits = self._decoding.logits(self._count)
+        if self._count < self.total and not self._cancelled:
+            self._logits = decoding.logits(self._count)
             self._timings["steps_s"] += time.perf_counter() - sampled
-        else:
+        elif self._count == self.total:
             self._decoding = None  # the KV cache is no longer needed
         return token
 
+    def _sample(self, logits: np.ndarray) -> np.ndarray:
+        """The sampler over float32 [B, codes] -> int64 [B], its refusals as RequestError."""
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():  # the sampler refuses NaN and +inf; name the token and row here
+            row = int(np.flatnonzero(~finite)[0])
+            bad = "NaN" if np.isnan(logits[row]).any() else "inf"
+            raise RequestError(f"the transformer's logits for image token {self._count} of row "
+                               f"{row} hold {bad} (the {self._generator.backend} backend over "
+                               f"this bundle's weights): no token can be drawn; check the "
+                               f"bundle with `vqrt inspect` and rebuild it")
+        p = self._params
+        try:
+            return sample_logits(logits, top_k=self._generator.codebook_size if p.top_k is None
+                                 else p.top_k, top_p=p.top_p, temperature=p.temperature,
+                                 seeds=self._seeds, step=self._count, greedy=p.greedy,
+                                 num_threads=self._generator.num_threads)
+        except ValueError as e:  # e.g. a temperature so small that logit / T overflows
+            raise RequestError(f"image token {self._count}: {e}") from None
+
     def cancel(self) -> None:
-        """Stops the generation and frees its KV cache; tokens stay readable."""
-        self._decoding = None
+        """Stops the generation and frees its KV cache; tokens stay readable. May be called
+        from another thread: a step already running finishes its token, and no further
+        logits are computed or steps run."""
         self._cancelled = self._count < self.total
+        self._decoding = None
 
     def result(self) -> GenerationResult:
         """The finished tokens [B, h, w] and their images (decoded now)."""
@@ -156,17 +178,34 @@ class Generator:
             `providers` says what really runs each graph.
         num_threads: threads of the native decoder, the sampler and ONNX Runtime's intra-op
             pool; 0 = their defaults (one per core). Never changes the tokens.
+        tile: the image decoder's tile side in latent positions (None: the largest that fits
+            max_memory, else runtime.tiled_decode.DEFAULT_TILE). Never changes the image
+            beyond rounding.
+        max_memory: bytes the image decoder may use; a request that cannot fit fails in
+            start() (or decode()) before anything is allocated.
+        decoder_engine: what runs the image decoder's graphs: "onnxruntime" (fp32, on
+            `device`), "openvino" (the CPU, bf16 arithmetic where the CPU has it: faster,
+            close to but not equal to fp32; needs the openvino package), or "auto" (the
+            default: openvino for bundles built with --precision bf16 where it is installed
+            and the decoder runs on the CPU, else onnxruntime).
     """
 
     def __init__(self, bundle_dir: Union[str, Path], backend: str = "auto", *,
-                 device: str = "auto", num_threads: int = 0):
+                 device: str = "auto", num_threads: int = 0, tile: Optional[int] = None,
+                 max_memory: Optional[int] = None, decoder_engine: str = "auto"):
         self.bundle = load_bundle(bundle_dir)
         if num_threads < 0:
             raise RequestError(f"num_threads must be >= 0 (0 = one per core), got {num_threads}")
+        if tile is not None and tile < 1:
+            raise RequestError(f"tile must be at least 1 latent position, got {tile}")
+        if max_memory is not None and max_memory < 1:
+            raise RequestError(f"max_memory must be a positive number of bytes, got {max_memory}")
         self.num_threads = num_threads
+        self.tile, self.max_memory = tile, max_memory
         m = self.bundle.manifest
         providers = execution_providers(device)
-        self._first_stage = FirstStage(self.bundle, providers, device, num_threads)
+        self._first_stage = FirstStage(self.bundle, providers, device, num_threads,
+                                       decoder_engine)
         self.codebook_size = m.first_stage.codebook_size
         self._transformer: Optional[Union[NativeBackend, OrtBackend]] = None
         self._conditioner: Optional[Conditioner] = None
@@ -217,7 +256,8 @@ class Generator:
             raise RequestError(f"top_k {params.top_k} exceeds the bundle's vocabulary of "
                                f"{self.codebook_size} image codes")
         started = time.perf_counter()
-        cond_rows = self._conditioner.prefix(class_labels, cond)  # [N, P]
+        f = self._first_stage.factor
+        cond_rows = self._conditioner.prefix(class_labels, cond, image_size=(h * f, w * f))
         image_rows = np.zeros((1, 0), dtype=np.int64)  # [N', K]
         if prefix_tokens is not None:
             image_rows = self._first_stage.check_codes(prefix_tokens, "prefix_tokens")
@@ -228,6 +268,7 @@ class Generator:
         batch = batch_rows(len(cond_rows), batch, "the conditioning")
         batch = batch_rows(len(image_rows), batch, "prefix_tokens")
         self._first_stage.check_batch(batch)
+        self._first_stage.plan_decode(batch, h, w, self.tile, self.max_memory)  # fits, or fail now
         tokens = np.zeros((batch, total), dtype=np.int64)  # the generation's buffer
         tokens[:, :image_rows.shape[1]] = image_rows
         conditioned = time.perf_counter()
@@ -268,8 +309,8 @@ class Generator:
     def decode_raw(self, tokens: np.ndarray) -> np.ndarray:
         """Code indices int64 [B, h, w] -> the decoder's output float32 [B, C, H, W],
         unclamped."""
-        return self._first_stage.decode(tokens)
+        return self._first_stage.decode(tokens, self.tile, self.max_memory)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Code indices int64 [B, h, w] -> uint8 [B, H, W, C] (first_stage.to_pixels)."""
-        return to_pixels(self._first_stage.decode(tokens))
+        return to_pixels(self.decode_raw(tokens))

@@ -75,6 +75,13 @@ def read_cond_map(path: PathLike, conditioning: Conditioning) -> np.ndarray:
     three channels: an RGB image -> [-1, 1].
     """
     path = Path(path)
+    if conditioning is None or (conditioning.cond_channels is None
+                                and conditioning.kind != "coord"):
+        # Said before the file is read: it names the mistake (--cond on a bundle that takes no
+        # condition map), not a file format the bundle has no use for.
+        kind = "none" if conditioning is None else conditioning.kind
+        raise RequestError(f"{path}: this bundle takes no condition map (its conditioning is "
+                           f"{kind}): cond (--cond) does not apply")
     if path.suffix.lower() == ".npy":
         array = read_npy(path)
         return array[None] if array.ndim == 3 else array
@@ -111,15 +118,21 @@ def write_atomically(path: PathLike, write: Callable[[object], None]) -> None:
         raise RequestError(f"{path}: the folder {path.parent} does not exist")
     # os.open with mode 0o666 honours the umask, as a plain open() of the destination would.
     temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise RequestError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(descriptor, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(temporary)
+        if isinstance(e, OSError):  # a full disk, a quota, a folder turned read-only
+            raise RequestError(f"{path}: cannot write ({e.strerror or e}); nothing was "
+                               "written there") from None
         raise
 
 

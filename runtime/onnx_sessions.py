@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Tuple
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+from vqrt.runtime.bundle import REBUILD, BundleError
 from vqrt.runtime.params import RequestError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -37,12 +39,30 @@ def execution_providers(device: str) -> Tuple[str, ...]:
 
 
 def open_session(path: Path, providers: Tuple[str, ...], device: str,
-                 num_threads: int = 0) -> ort.InferenceSession:
+                 num_threads: int = 0, one_of_many: bool = False) -> ort.InferenceSession:
     """A session for one graph; num_threads: intra-op threads, 0 = ONNX Runtime's default.
+    one_of_many: the session is one of many run one after another (the tiled decoder's steps),
+    so its intra-op threads sleep as soon as a run ends (each session has its own pool, and a
+    finished session's spinning threads would take the cores from the next: 2x slower on 2
+    cores), and it keeps no memory arena (each session's arena would hold its largest tile's
+    temporaries for good: gigabytes over dozens of sessions).
     With device "cuda", a session the CUDA provider did not take is an error."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
-    session = ort.InferenceSession(str(path), options, providers=list(providers))
+    if one_of_many:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = False
+    try:
+        session = ort.InferenceSession(str(path), options, providers=list(providers))
+    except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph,
+            ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.InvalidArgument,
+            ort_errors.RuntimeException) as e:
+        # A listed graph whose hash matches can still be garbage, name an operator this
+        # onnxruntime lacks, or point its external data outside the bundle (which onnxruntime
+        # refuses): one line naming the file, not onnxruntime's multi-line report.
+        first = " ".join(str(e).split())[:300]
+        raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({first}); "
+                          f"{REBUILD}") from None
     if device == "cuda" and session.get_providers()[0] != CUDA_PROVIDER:
         raise RequestError(f"{path.name}: ONNX Runtime fell back to {session.get_providers()[0]} "
                            "(the CUDA provider did not start: check the NVIDIA driver and "

@@ -20,7 +20,7 @@ from typing import Dict, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from vqrt.runtime.bundle import Bundle, KVCacheSpec
+from vqrt.runtime.bundle import REBUILD, Bundle, BundleError, KVCacheSpec
 from vqrt.runtime.onnx_sessions import CPU_PROVIDER, open_session, runs_on_cuda
 
 
@@ -40,8 +40,32 @@ class OrtTransformerGraphs:
                     device: str = "cpu", num_threads: int = 0) -> "OrtTransformerGraphs":
         if bundle.manifest.kv_cache is None:
             raise ValueError(f"{bundle.path}: the bundle has no transformer graphs")
-        return cls(bundle.graph_path("transformer_prefill"), bundle.graph_path("transformer_step"),
-                   bundle.manifest.kv_cache, providers, device, num_threads)
+        graphs = cls(bundle.graph_path("transformer_prefill"),
+                     bundle.graph_path("transformer_step"), bundle.manifest.kv_cache, providers,
+                     device, num_threads)
+        graphs.check_interface(bundle)
+        return graphs
+
+    def check_interface(self, bundle: Bundle) -> None:
+        """The graphs' own KV cache (shape, type) and vocabulary are the manifest's, so the
+        buffer allocated from the manifest is the one the graphs take and every token the
+        runtime feeds is a row of their embedding (load_bundle checked the manifest's numbers
+        against each other, not against the graphs)."""
+        kv = self.kv_spec
+        vocab = bundle.manifest.transformer.vocab_size
+        element = {"float32": "tensor(float)", "float16": "tensor(float16)"}[kv.dtype]
+        for name in ("transformer_prefill", "transformer_step"):
+            session = getattr(self, name.split("_")[1])
+            inputs = {i.name: i for i in session.get_inputs()}
+            outputs = {o.name: o for o in session.get_outputs()}
+            cache, logits = inputs.get(kv.input), outputs.get("logits")
+            found = (None if cache is None else (list(cache.shape), cache.type),
+                     None if logits is None else logits.shape[-1])
+            if found != ((list(kv.shape), element), vocab) or kv.output not in outputs:
+                raise BundleError(
+                    f"{bundle.graph_path(name)}: the graph's {kv.input} and logits "
+                    f"({found[0]}, vocabulary {found[1]}) are not the manifest's ({list(kv.shape)}"
+                    f" {kv.dtype}, vocabulary {vocab}); {REBUILD}")
 
     @property
     def providers(self) -> Dict[str, Tuple[str, ...]]:

@@ -13,7 +13,6 @@ Errors are SafetensorsError (a ValueError) with one line naming the file.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any, Dict, Mapping, Tuple, Union
 
 import numpy as np
 
-from vqrt.runtime.strict_json import loads_strict
+from vqrt.runtime.strict_json import loads_strict, printable
 
 # safetensors dtype name <-> numpy dtype (little-endian). BF16 is stored as uint16 bits.
 _DTYPES = {
@@ -38,6 +37,9 @@ PathLike = Union[str, Path]
 
 class SafetensorsError(ValueError):
     """A file that is not a well-formed safetensors file; the message is one line."""
+
+    def __init__(self, message: str):
+        super().__init__(printable(message))  # tensor names may hold line breaks
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,19 @@ def _count(value: Any) -> int:
     return value
 
 
+def _element_count(shape: Tuple[int, ...], limit: int) -> int:
+    """The product of the dims (Python ints: an absurd shape cannot wrap around), or limit + 1
+    once it exceeds the limit (so a header of huge dims costs no big-number arithmetic)."""
+    if 0 in shape:
+        return 0
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > limit:
+            return limit + 1
+    return count
+
+
 def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, TensorInfo],
                                               Dict[str, str]]:
     """-> (arrays, infos, metadata). Arrays are read-only views of one buffer, in file order;
@@ -116,6 +131,14 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, T
         data = path.read_bytes()
     except OSError as e:
         raise SafetensorsError(f"{path}: cannot read ({e.strerror})")
+    return parse_safetensors(data, str(path))
+
+
+def parse_safetensors(data: bytes, path: str = "<bytes>") -> Tuple[
+        Dict[str, np.ndarray], Dict[str, TensorInfo], Dict[str, str]]:
+    """read_safetensors of a file's bytes (`path` names it in errors): every header value is
+    checked against the bytes before an array is made, and nothing is allocated from a header
+    value (the arrays are views of `data`)."""
     if len(data) < 8:
         raise SafetensorsError(f"{path}: too short for a safetensors file")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -128,6 +151,9 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, T
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        # The format's metadata maps strings to strings (the C++ reader requires it too).
+        raise SafetensorsError(f"{path}: __metadata__ is not an object of strings")
     body = memoryview(data)[8 + header_len:]
     entries = []
     for name, entry in header.items():
@@ -137,7 +163,7 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, T
             begin, end = (_count(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path}: malformed header entry for tensor {name}")
-        count = math.prod(shape)  # Python ints: an absurd shape cannot wrap around
+        count = _element_count(shape, len(body))
         if not 0 <= begin <= end <= len(body) or end - begin != count * dtype.itemsize:
             raise SafetensorsError(f"{path}: tensor {name} has offsets [{begin}, {end}) that do "
                                    f"not match its shape {shape} and dtype {entry['dtype']}")
@@ -145,6 +171,10 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, T
     arrays: Dict[str, np.ndarray] = {}
     infos: Dict[str, TensorInfo] = {}
     for begin, end, name, dtype_name, dtype, shape in sorted(entries):
-        arrays[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape)
+        try:
+            arrays[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape)
+        except ValueError as e:  # an empty tensor numpy cannot shape: [0, 2**62], 70 dims
+            raise SafetensorsError(f"{path}: tensor {name} has shape {shape}, which numpy "
+                                   f"cannot hold ({e})") from None
         infos[name] = TensorInfo(dtype_name, shape)
     return arrays, infos, dict(metadata)

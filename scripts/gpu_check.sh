@@ -2,8 +2,11 @@
 # GPU check, for a machine with an NVIDIA GPU (the device tool's H200 or your own):
 #   scripts/gpu_check.sh OUTDIR
 # builds csrc with CUDA for the local GPU, runs the C++ tests (the GPU twins run instead of
-# skipping) and the Python tests, and writes logs plus results.json to OUTDIR. It needs only
-# what that machine has (python3 with numpy, torch, cmake, nvcc); it installs nothing.
+# skipping), the GPU micro-benchmarks and the Python tests, and writes logs plus results.json to
+# OUTDIR. It needs only what that machine has (python3 with numpy, torch, cmake, nvcc); it
+# installs nothing.
+#   OUTDIR/bench_sampling.json   the sampler kernel (issue 7's target: top-k 600 over V 16384 at
+#                                batch 64 in <= 20 us), also copied into results.json
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$out"
@@ -11,12 +14,15 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
 
-status_build=0; status_ctest=0; status_pytest=0
+status_build=0; status_ctest=0; status_bench=0; status_pytest=0
 { cmake -S . -B build/gpu -DVQRT_CUDA=ON -DVQRT_CUDA_ARCHS=native -DVQRT_PYTHON=ON \
         -DVQRT_PYTHON_OUT_DIR="$PWD/vqrt" -DPython_EXECUTABLE="$(command -v python3)" &&
   cmake --build build/gpu -j "$(nproc)"; } > "$out/build.log" 2>&1 || status_build=$?
 if [ $status_build -eq 0 ]; then
   ctest --test-dir build/gpu --output-on-failure > "$out/ctest.log" 2>&1 || status_ctest=$?
+  # A few seconds; exits non-zero when the GPU's tokens differ from the CPU sampler's.
+  timeout 120 build/gpu/bench_cuda_sampling --repeat 200 > "$out/bench_sampling.json" \
+    2> "$out/bench_sampling.log" || status_bench=$?
   # The packages import from the source tree through a throwaway stub package (nothing installed):
   # vqrt.<folder> resolves to the top-level folder, as pyproject's package-dir maps it.
   site=$(mktemp -d); python3 - "$site" <<'PY'
@@ -30,12 +36,16 @@ site.mkdir()
 PY
   PYTHONPATH="$site" VQRT_EXPECT_CUDA_BUILD=ON python3 -m pytest -q tests > "$out/pytest.log" 2>&1 || status_pytest=$?
 fi
-python3 - "$out" "$status_build" "$status_ctest" "$status_pytest" "$start" <<'PY'
+python3 - "$out" "$status_build" "$status_ctest" "$status_bench" "$status_pytest" "$start" <<'PY'
 import json, pathlib, sys, time
-out, b, c, p, start = sys.argv[1], *map(int, sys.argv[2:6])
-res = {"build": b, "ctest": c, "pytest": p, "seconds": round(time.time() - start, 1),
+out, b, c, bench, p, start = sys.argv[1], *map(int, sys.argv[2:7])
+res = {"build": b, "ctest": c, "bench": bench, "pytest": p, "seconds": round(time.time() - start, 1),
        "gpu": pathlib.Path(out, "gpu.txt").read_text().strip()}
+try:
+    res["bench_sampling"] = json.loads(pathlib.Path(out, "bench_sampling.json").read_text())
+except (OSError, ValueError) as e:
+    res["bench_sampling"] = {"error": f"no result: {e}"}
 pathlib.Path(out, "results.json").write_text(json.dumps(res, indent=1))
 print(json.dumps(res))
 PY
-[ $status_build -eq 0 ] && [ $status_ctest -eq 0 ] && [ $status_pytest -eq 0 ]
+[ $status_build -eq 0 ] && [ $status_ctest -eq 0 ] && [ $status_bench -eq 0 ] && [ $status_pytest -eq 0 ]

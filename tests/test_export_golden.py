@@ -118,9 +118,18 @@ def test_manifest_describes_the_model(bundle):
     assert m.native.precision == m.requested_precision
     assert set(m.graphs) == {"encoder", "decoder", "transformer_prefill", "transformer_step"}
     assert m.parity.passed and not m.parity.drift_allowed
-    assert {e.path for e in m.files} == {
+    td = m.tiled_decoder
+    assert (td.format, td.program, td.tensors, td.weights) == (
+        "vqrt-tiled-decoder-1", "tiled_decoder/program.json",
+        "tiled_decoder/tensors.safetensors", "tiled_decoder/weights.bin")
+    paths = {e.path for e in m.files}
+    assert {p for p in paths if not p.startswith("tiled_decoder/")} == {
         "encoder.onnx", "decoder.onnx", "transformer_prefill.onnx", "transformer_step.onnx",
         "transformer_weights.bin", "native_weights.safetensors"}
+    # One graph per conv step of the golden decoder: post_quant_conv, conv_in, 2 x 2 in the mid
+    # blocks, 2 + 4 for the projections of the mid and up.3 attentions, 4 levels x 2 blocks x 2,
+    # 3 upsamples, conv_out.
+    assert sum(p.endswith(".onnx") for p in paths if p.startswith("tiled_decoder/")) == 32
     step = m.graphs["transformer_step"]
     assert [(t.name, t.dtype, t.shape) for t in step.inputs] == [
         ("tokens", "int64", ("batch", 1)), ("position", "int64", ()),

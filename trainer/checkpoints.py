@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from vqrt.runtime.strict_json import printable
 from vqrt.trainer.model_config import ConfigError, ModelSpec, config_path_of, parse_model_config
 from vqrt.trainer.models.cond import FirstStageCondConfig
 from vqrt.trainer.models.mingpt import GPT, GPTConfig, causal_mask
@@ -49,6 +50,9 @@ PathLike = Union[str, Path]
 
 class CheckpointError(ValueError):
     """A checkpoint or config that cannot be loaded; the message is one line."""
+
+    def __init__(self, message: str):
+        super().__init__(printable(message))  # key names from the file may hold line breaks
 
 
 @dataclass
@@ -106,6 +110,8 @@ def read_config(path: PathLike) -> Mapping[str, Any]:
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         problem = " ".join(str(e).split())
         raise CheckpointError(f"{path}: not a valid config ({problem})")
+    except RecursionError:  # both parsers recurse once per nesting level
+        raise CheckpointError(f"{path}: not a valid config (nested too deeply)") from None
     if not isinstance(document, Mapping) or not isinstance(document.get("model"), Mapping):
         raise CheckpointError(f"{path}: no model: section; expected an upstream taming config "
                               "(model.target, model.params)")

@@ -10,9 +10,10 @@ Run folder (RUN/):
                         discriminator) and state.json (step, seed, optimizer param groups)
   metrics.jsonl         one JSON object per logged step or validation
   samples/step_N.png    reconstruction or sample grids
-Every file is written to a temporary name and renamed into place, and a checkpoint folder is
-renamed into place whole, so an interrupted run never leaves a half-written checkpoint.
-Nothing is pickled.
+Every file is written to a temporary name, fsynced and renamed into place; a checkpoint folder
+is renamed into place whole and hidden (renamed) before it is deleted, so an interrupted run
+(Ctrl-C, a kill, a full disk) never leaves a visible step_N that is half-written or half-
+deleted: --resume reads the newest complete one. Nothing is pickled.
 
 Randomness: every random draw of step s on process r comes from generators seeded with
 (seed, s, r) (see `seed_step`), and the data order from (seed, epoch). The RNG state of a run is
@@ -130,9 +131,36 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # --- files --------------------------------------------------------------------------------
 
 def write_atomically(path: Path, data: bytes) -> None:
+    """path holds its old content or all of data, even across a crash or power loss: a
+    temporary file, fsynced, renamed over it. On an error (a full disk) the temporary goes."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flushes every file under directory, and the directories themselves, to the disk (a
+    rename is atomic, but without this a power loss can leave the renamed files empty)."""
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_directory(Path(folder))
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -282,25 +310,44 @@ def save_training_checkpoint(run: Path, step: int, seed: int, model: nn.Module,
     final = checkpoint_dir(run, step)
     temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
-    save_checkpoint(temporary, model, model_config)
-    tensors: Dict[str, torch.Tensor] = {}
-    optimizers: Dict[str, Any] = {}
-    for name, optimizer in state.optimizers.items():
-        optimizer_tensors, optimizers[name] = optimizer_state(f"optimizer.{name}", optimizer)
-        tensors.update(optimizer_tensors)
-    for name, module in state.modules.items():
-        for key, value in module.state_dict().items():
-            tensors[f"module.{name}.{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, str(temporary / STATE_TENSORS))
-    write_json(temporary / STATE_JSON, {"step": step, "seed": seed, "optimizers": optimizers})
+    try:
+        save_checkpoint(temporary, model, model_config)
+        tensors: Dict[str, torch.Tensor] = {}
+        optimizers: Dict[str, Any] = {}
+        for name, optimizer in state.optimizers.items():
+            optimizer_tensors, optimizers[name] = optimizer_state(f"optimizer.{name}", optimizer)
+            tensors.update(optimizer_tensors)
+        for name, module in state.modules.items():
+            for key, value in module.state_dict().items():
+                tensors[f"module.{name}.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(temporary / STATE_TENSORS))
+        write_json(temporary / STATE_JSON, {"step": step, "seed": seed, "optimizers": optimizers})
+        fsync_tree(temporary)
+    except BaseException:  # a full disk, Ctrl-C: no half-written folder is left to fill it
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if final.exists():
-        shutil.rmtree(final)
+        remove_checkpoint(final)
     os.replace(temporary, final)
+    fsync_directory(final.parent)  # the rename itself
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         write_atomically(run / name, (final / name).read_bytes())
     for old in sorted((run / CHECKPOINTS_DIR).glob("step_*"))[:-keep]:
-        shutil.rmtree(old)
+        remove_checkpoint(old)
     return final
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Hides the folder first (one rename), then deletes it: an interrupted deletion leaves a
+    hidden folder, never a visible step_N with files missing that a resume would pick."""
+    hidden = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(folder, hidden)
+    try:
+        shutil.rmtree(hidden)
+    except BaseException:  # Ctrl-C mid-deletion: finish it, then stop
+        shutil.rmtree(hidden, ignore_errors=True)
+        raise
 
 
 def load_training_checkpoint(directory: Path, model: nn.Module, state: TrainingState) -> int:
@@ -392,8 +439,12 @@ def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
             pixels[i]
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(temporary)
-    os.replace(temporary, path)
+    try:
+        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def samples_path(run: Path, step: int) -> Path:

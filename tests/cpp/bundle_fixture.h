@@ -153,9 +153,11 @@ inline std::string manifest_template() {
   "kv_cache": null,
   "native": {"file": "native_weights.safetensors", "precision": "fp32", "layout": "vqrt-native-1"},
   "tensorrt": null,
+  "tiled_decoder": null,
   "files": FILES,
   "tools": {"vqrt": "test"},
   "parity": {"inputs": "none", "checks": [], "passed": true, "drift_allowed": false},
+  "quantization": null,
   "notes": ["written by tests/cpp/bundle_fixture.h \u00e9"]
 }
 )";

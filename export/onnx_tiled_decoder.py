@@ -1,0 +1,217 @@
+"""The VQGAN decoder as a program of tile graphs, for exact tiled decoding at any size.
+
+Upstream's decoder cannot be cut into independent tiles: every GroupNorm normalises over the
+whole image and every attention block attends over all positions. So the runtime
+(runtime/tiled_decode.py) runs the decoder layer by layer over whole-image buffers and tiles
+each layer: one program step reads a buffer in tiles (each with the halo its kernel needs) and
+writes another. GroupNorm is applied as a per-channel affine whose statistics the runtime merges
+exactly over all tiles of the buffer it normalises; the attention core runs in the runtime, in
+query chunks over the whole latent. Tiled equals untiled up to rounding, whatever the tile.
+
+One conv step is one ONNX graph (weights as external data, shared file):
+
+  inputs   x      float32 [B, C_in, th + 2r, tw + 2r]   the tile with its halo, clipped to the
+                                                         image (r = kernel // 2)
+           pads   int64 [8]                               zeros for the clipped halo: ONNX Pad
+                                                         order [0, 0, top, left, 0, 0, bottom,
+                                                         right] (3x3 steps only)
+           scale, shift float32 [B, C_in, 1, 1]          GroupNorm folded to an affine (norm
+                                                         steps only)
+           skip   float32 [B, C_skip, th', tw']           the residual (residual steps only)
+  outputs  y      float32 [B, C_out, th', tw']            th' = th (2 th for upsample steps)
+           mean, m2 float32 [B, C_out]                    per-channel mean and sum of squared
+                                                         deviations of y over the tile, merged
+                                                         by the runtime for the next GroupNorm
+
+  y = [skip or nin_shortcut(skip) +] conv(pad(swish(x * scale + shift)))
+
+The zero padding comes after the norm and swish, where upstream's conv pads. Upsample steps
+(nearest x2, then a 3x3 conv) run as a 3x3 conv on the low-resolution input to 4 C_out channels,
+one per output phase, and a DepthToSpace: the same sums without the 4x larger upsampled tensor.
+
+The program (program.json) lists the steps in order; buffers are named, and the runtime frees a
+buffer after its last use. tensors.safetensors holds the codebook and the GroupNorm affines.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+import torch.nn as nn
+from onnx import TensorProto
+
+from vqrt.export.onnx_builder import GraphBuilder, save_graphs_sharing_weights, swish
+from vqrt.export.onnx_vqgan import EPS, GROUPS
+from vqrt.runtime.safetensors_io import write_safetensors
+from vqrt.trainer.models.vqgan import AttnBlock, Decoder, ResnetBlock, VQModel
+
+DIRECTORY = "tiled_decoder"  # inside the bundle
+PROGRAM_FILE = f"{DIRECTORY}/program.json"
+TENSORS_FILE = f"{DIRECTORY}/tensors.safetensors"
+WEIGHTS_FILE = f"{DIRECTORY}/weights.bin"
+PROGRAM_FORMAT = "vqrt-tiled-decoder-1"
+
+
+def _np(tensor) -> np.ndarray:
+    return tensor.detach().cpu().float().numpy()
+
+
+def upsample_phase_weights(weight: np.ndarray) -> np.ndarray:
+    """[C_out, C_in, 3, 3] of a conv on the nearest-x2 upsampled image -> [4 C_out, C_in, 3, 3]
+    of a conv on the low-resolution image whose channel block p = 2 di + dj holds output phase
+    (di, dj) (DepthToSpace DCR order). Output row 2i + di reads upsampled rows 2i + di - 1 + ky,
+    that is input row i + (di + ky - 1) // 2, so each kernel row lands on input offset
+    (di + ky - 1) // 2 (and likewise for columns)."""
+    c_out, c_in = weight.shape[:2]
+    phases = np.zeros((2, 2, c_out, c_in, 3, 3), np.float64)
+    for di in range(2):
+        for dj in range(2):
+            for ky in range(3):
+                for kx in range(3):
+                    oy, ox = (di + ky - 1) // 2 + 1, (dj + kx - 1) // 2 + 1
+                    phases[di, dj, :, :, oy, ox] += weight[:, :, ky, kx]
+    return phases.reshape(4 * c_out, c_in, 3, 3).astype(np.float32)
+
+
+class _ProgramBuilder:
+    """Collects the steps, their graphs and the GroupNorm tensors while walking the decoder."""
+
+    def __init__(self):
+        self.steps: List[Dict] = []
+        self.graphs: List[Tuple[onnx.ModelProto, str]] = []  # (model, file inside the bundle)
+        self.tensors: Dict[str, np.ndarray] = {}
+        self._buffers = 0
+
+    def buffer(self) -> str:
+        self._buffers += 1
+        return f"b{self._buffers}"
+
+    def _norm(self, norm: Optional[nn.GroupNorm], name: Optional[str]) -> Optional[str]:
+        if norm is None:
+            return None
+        self.tensors[f"{name}.weight"] = _np(norm.weight)
+        self.tensors[f"{name}.bias"] = _np(norm.bias)
+        return name
+
+    def conv(self, name: str, x: str, conv: Tuple[np.ndarray, np.ndarray],
+             norm: Optional[nn.GroupNorm] = None, norm_name: Optional[str] = None,
+             swish_in: bool = False, skip: Optional[str] = None,
+             shortcut: Optional[nn.Conv2d] = None, upsample: bool = False, tanh: bool = False,
+             output: Optional[str] = None) -> str:
+        """One conv step, conv = (weight [C_out, C_in, k, k], bias [C_out]); returns its
+        output buffer (a new one unless `output` names one)."""
+        weight, bias = conv
+        kernel = weight.shape[-1]
+        c_in, c_out = weight.shape[1], weight.shape[0]
+        b = GraphBuilder(f"vqrt_tile_{name}", np.float32)
+        h = b.input("x", TensorProto.FLOAT, ["batch", c_in, "tile_h", "tile_w"])
+        if norm is not None:
+            scale = b.input("scale", TensorProto.FLOAT, ["batch", c_in, 1, 1])
+            shift = b.input("shift", TensorProto.FLOAT, ["batch", c_in, 1, 1])
+            h = b.op("Add", b.op("Mul", h, scale), shift)
+        if swish_in:
+            h = swish(b, h)
+        if kernel == 3:
+            pads = b.input("pads", TensorProto.INT64, [8])
+            h = b.op("Pad", h, pads, mode="constant")
+        if upsample:
+            weight, bias = upsample_phase_weights(weight), np.tile(bias, 4)
+        y = b.op("Conv", h, b.weight(f"{name}.weight", weight), b.weight(f"{name}.bias", bias),
+                 kernel_shape=[kernel, kernel], pads=[0, 0, 0, 0])
+        if upsample:
+            y = b.op("DepthToSpace", y, blocksize=2, mode="DCR")
+        if skip is not None:
+            s = b.input("skip", TensorProto.FLOAT, ["batch", "skip_channels", "out_h", "out_w"])
+            if shortcut is not None:
+                s = b.op("Conv", s, b.weight(f"{name}.shortcut.weight", _np(shortcut.weight)),
+                         b.weight(f"{name}.shortcut.bias", _np(shortcut.bias)),
+                         kernel_shape=[1, 1])
+            y = b.op("Add", s, y)
+        if tanh:
+            y = b.op("Tanh", y)
+        mean = b.op("ReduceMean", y, axes=[2, 3], keepdims=1)  # [B, C_out, 1, 1]
+        deviation = b.op("Sub", y, mean)
+        m2 = b.op("ReduceSum", b.op("Mul", deviation, deviation), b.const([2, 3]), keepdims=0)
+        b.output(y, "y", TensorProto.FLOAT, ["batch", c_out, "out_h", "out_w"])
+        b.output(b.op("Reshape", mean, b.const([0, -1])), "mean", TensorProto.FLOAT,
+                 ["batch", c_out])
+        b.output(m2, "m2", TensorProto.FLOAT, ["batch", c_out])
+        file = f"{DIRECTORY}/{len(self.graphs):03d}_{name}.onnx"
+        self.graphs.append((b.model(), file))
+        out = output or self.buffer()
+        self.steps.append({
+            "kind": "conv", "name": name, "graph": file, "input": x, "output": out,
+            "kernel": kernel, "in_channels": c_in, "out_channels": c_out,
+            "norm": self._norm(norm, norm_name), "swish": swish_in, "skip": skip,
+            "upsample": upsample})
+        return out
+
+    def resnet(self, x: str, block: ResnetBlock, name: str) -> str:
+        h = self.conv(f"{name}.conv1", x, _wb(block.conv1), block.norm1, f"{name}.norm1", True)
+        # The residual sum overwrites x when the shapes agree (each tile reads x only at the
+        # positions it writes), so a block holds two whole-image buffers, not three.
+        same = block.nin_shortcut is None
+        return self.conv(f"{name}.conv2", h, _wb(block.conv2), block.norm2, f"{name}.norm2", True,
+                         skip=x, shortcut=block.nin_shortcut, output=x if same else None)
+
+    def attention(self, x: str, attn: AttnBlock, name: str) -> str:
+        channels = attn.q.weight.shape[0]
+        # q, k and v as one 1x1 conv to 3 C channels; 1/sqrt(C) folded into q as the
+        # whole-graph decoder does.
+        q, k, v = _wb(attn.q, channels ** -0.5), _wb(attn.k), _wb(attn.v)
+        qkv = (np.concatenate([q[0], k[0], v[0]]), np.concatenate([q[1], k[1], v[1]]))
+        projections = self.conv(f"{name}.qkv", x, qkv, attn.norm, f"{name}.norm")
+        mixed = self.buffer()
+        self.steps.append({"kind": "attention", "name": name, "input": projections,
+                           "output": mixed, "channels": channels})
+        return self.conv(f"{name}.proj_out", mixed, _wb(attn.proj_out), skip=x, output=x)
+
+
+def _wb(conv: nn.Conv2d, scale: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    return _np(conv.weight) * np.float32(scale), _np(conv.bias) * np.float32(scale)
+
+
+def _walk(p: _ProgramBuilder, z: str, vq: VQModel) -> str:
+    dec: Decoder = vq.decoder
+    h = p.conv("post_quant_conv", z, _wb(vq.post_quant_conv))
+    h = p.conv("decoder.conv_in", h, _wb(dec.conv_in))
+    h = p.resnet(h, dec.mid.block_1, "decoder.mid.block_1")
+    h = p.attention(h, dec.mid.attn_1, "decoder.mid.attn_1")
+    h = p.resnet(h, dec.mid.block_2, "decoder.mid.block_2")
+    for level in reversed(range(dec.cfg.num_levels)):
+        stage = dec.up[level]
+        for i, block in enumerate(stage.block):
+            h = p.resnet(h, block, f"decoder.up.{level}.block.{i}")
+            if len(stage.attn) > 0:
+                h = p.attention(h, stage.attn[i], f"decoder.up.{level}.attn.{i}")
+        if level != 0:
+            up = stage.upsample
+            if up.conv is None:
+                raise ValueError("tiled decoding needs upsampling with a conv (resamp_with_conv)")
+            h = p.conv(f"decoder.up.{level}.upsample", h, _wb(up.conv), upsample=True)
+    return p.conv("decoder.conv_out", h, _wb(dec.conv_out), dec.norm_out, "decoder.norm_out", True,
+                  tanh=dec.cfg.tanh_out)
+
+
+def write_tiled_decoder(vq: VQModel, staging: Path) -> Dict[str, str]:
+    """Writes program.json, tensors.safetensors, the step graphs and their shared weights under
+    staging/tiled_decoder/; returns {"program", "tensors", "weights"} paths inside the bundle."""
+    (staging / DIRECTORY).mkdir()
+    p = _ProgramBuilder()
+    embedding = vq.quantize.embed if vq.cfg.quantizer == "gumbel" else vq.quantize.embedding
+    p.tensors["codebook"] = _np(embedding.weight)  # [N, E]
+    z = p.buffer()
+    image = _walk(p, z, vq)
+    dd = vq.cfg.ddconfig
+    program = {"format": PROGRAM_FORMAT, "groups": GROUPS, "eps": EPS,
+               "downsampling_factor": dd.downsampling_factor, "codes": z, "image": image,
+               "image_channels": dd.out_ch, "steps": p.steps}
+    save_graphs_sharing_weights([(model, staging / file) for model, file in p.graphs],
+                                staging / WEIGHTS_FILE)
+    write_safetensors(staging / TENSORS_FILE, p.tensors)
+    with open(staging / PROGRAM_FILE, "w", encoding="utf-8") as f:
+        f.write(json.dumps(program, indent=1, allow_nan=False) + "\n")
+    return {"program": PROGRAM_FILE, "tensors": TENSORS_FILE, "weights": WEIGHTS_FILE}

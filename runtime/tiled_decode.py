@@ -1,0 +1,441 @@
+"""Exact tiled decoding: code indices of any size to images within a memory budget.
+
+The bundle's tiled decoder (export/onnx_tiled_decoder.py) is a program of steps over named
+whole-image buffers. This module runs it: each conv step streams its input buffer through its
+ONNX graph one tile at a time (tile plus the halo its 3x3 kernel reads, zeros where the halo
+leaves the image) and writes the tile's core into the output buffer. GroupNorm statistics are
+merged over all tiles of the buffer they normalise (per-channel means and sums of squared
+deviations, combined in float64 by Chan's parallel formula, then over each group), and each
+attention block runs on the whole latent in query chunks, so no tile boundary changes a sum
+that matters: tiled equals untiled up to rounding, seams included.
+
+Memory: a step holds its input and output buffers whole (at most about two image-sized buffers
+of the widest full-resolution level) plus one tile's temporaries; `plan()` sizes the tile from
+a budget and refuses, before allocating, a request whose buffers alone do not fit.
+This module never imports torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vqrt.runtime.bundle import Bundle, BundleError, REBUILD, TiledDecoderSpec
+from vqrt.runtime.onnx_sessions import open_session
+from vqrt.runtime.params import RequestError
+from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
+from vqrt.runtime.strict_json import loads_strict
+
+FORMAT = "vqrt-tiled-decoder-1"
+DEFAULT_TILE = 32  # latent positions per tile side when neither a tile nor a budget is given
+WHOLE_GRAPH_BUFFERS = 4  # the whole-image graph's peak over its largest activation (measured)
+TILE_CHOICES = (256, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # tried largest first for a budget
+ATTENTION_CHUNK = 1024  # queries per attention chunk: [chunk, N] scores, never [N, N]
+FLOAT = 4  # bytes
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    name: str
+    graph: str
+    input: str
+    output: str
+    kernel: int
+    in_channels: int
+    out_channels: int
+    norm: Optional[str]
+    swish: bool
+    skip: Optional[str]
+    upsample: bool
+
+
+@dataclass(frozen=True)
+class AttentionStep:
+    name: str
+    input: str  # [B, 3C, h, w]: q (scaled by 1/sqrt(C)), k, v
+    output: str  # [B, C, h, w]
+    channels: int
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    # Tile side in latent positions (a level of scale s has tiles of tile * s); None: the
+    # whole-image graph (decoder.onnx), the same sums with fewer graph boundaries.
+    tile: Optional[int]
+    storage: np.dtype  # of the whole-image buffers: float32, or float16 to fit a budget
+    buffer_bytes: int  # the most whole-image buffer bytes alive at once
+    tile_bytes: int  # the most per-tile temporary bytes of any step (an estimate)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.buffer_bytes + self.tile_bytes
+
+
+def _program_error(bundle: Bundle, what: str) -> BundleError:
+    return BundleError(f"{bundle.file(bundle.manifest.tiled_decoder.program)}: {what}; {REBUILD}")
+
+
+def _parse_steps(bundle: Bundle, document: dict) -> List:
+    listed = {entry.path for entry in bundle.manifest.files}
+    steps = []
+    for i, raw in enumerate(document.get("steps", [])):
+        try:
+            fields = {k: v for k, v in raw.items() if k != "kind"}
+            if raw["kind"] == "conv":
+                step = ConvStep(**fields)
+                if step.graph not in listed:
+                    raise _program_error(bundle, f"step {i} names {step.graph}, which is not in "
+                                         "the manifest's file list")
+                if step.kernel not in (1, 3) or (step.upsample and step.kernel != 3):
+                    raise _program_error(bundle, f"step {i} has kernel {step.kernel}")
+            elif raw["kind"] == "attention":
+                step = AttentionStep(**fields)
+            else:
+                raise _program_error(bundle, f"step {i} has unknown kind {raw['kind']!r}")
+        except (KeyError, TypeError) as e:
+            raise _program_error(bundle, f"step {i} is malformed ({e})") from None
+        steps.append(step)
+    return steps
+
+
+def _last_uses(steps: Sequence, final: str) -> Dict[str, int]:
+    """buffer -> index of the last step that reads it (the final image is never freed)."""
+    last: Dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for name in (step.input, getattr(step, "skip", None)):
+            if name is not None:
+                last[name] = i
+    last.pop(final, None)
+    return last
+
+
+class _Stats:
+    """Per-(image, channel) count, mean and M2 (sum of squared deviations) merged over tiles
+    with Chan's parallel formula, in float64."""
+
+    def __init__(self, batch: int, channels: int):
+        self.count = 0
+        self.mean = np.zeros((batch, channels))
+        self.m2 = np.zeros((batch, channels))
+
+    def add(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        total = self.count + count
+        delta = mean.astype(np.float64) - self.mean
+        self.mean += delta * (count / total)
+        self.m2 += m2.astype(np.float64) + delta * delta * (self.count * count / total)
+        self.count = total
+
+    def group_affine(self, groups: int, eps: float, gamma: np.ndarray, beta: np.ndarray
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        """GroupNorm(groups) with affine (gamma, beta) as x * scale + shift, both
+        float32 [B, C, 1, 1]; the variance is the biased one, as torch's GroupNorm."""
+        batch, channels = self.mean.shape
+        per_group = channels // groups
+        mean = self.mean.reshape(batch, groups, per_group)
+        group_mean = mean.mean(axis=2, keepdims=True)
+        m2 = (self.m2.reshape(batch, groups, per_group).sum(axis=2, keepdims=True)
+              + self.count * ((mean - group_mean) ** 2).sum(axis=2, keepdims=True))
+        inv_std = 1.0 / np.sqrt(m2 / (self.count * per_group) + eps)
+        scale = np.broadcast_to(inv_std, mean.shape).reshape(batch, channels) * gamma
+        shift = beta - np.broadcast_to(group_mean, mean.shape).reshape(batch, channels) * scale
+        return (scale.astype(np.float32).reshape(batch, channels, 1, 1),
+                shift.astype(np.float32).reshape(batch, channels, 1, 1))
+
+
+def _attention(qkv: np.ndarray, channels: int, storage: np.dtype) -> np.ndarray:
+    """qkv [B, 3C, h, w] -> softmax(q^T k) v [B, C, h, w], `ATTENTION_CHUNK` queries at a time
+    (the scores of one chunk are [chunk, h*w]; softmax rows are whole, so chunking is exact)."""
+    batch, _, h, w = qkv.shape
+    n = h * w
+    out = np.empty((batch, channels, n), storage)
+    for b in range(batch):
+        flat = qkv[b].reshape(3, channels, n).astype(np.float32, copy=False)
+        q_t = np.ascontiguousarray(flat[0].T)  # [N, C]
+        k, v = flat[1], flat[2]  # [C, N]
+        for start in range(0, n, ATTENTION_CHUNK):
+            scores = q_t[start:start + ATTENTION_CHUNK] @ k  # [chunk, N]
+            scores -= scores.max(axis=1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=1, keepdims=True)
+            out[b, :, start:start + ATTENTION_CHUNK] = v @ scores.T  # [C, chunk]
+    return out.reshape(batch, channels, h, w)
+
+
+class _OrtGraph:
+    """One graph on ONNX Runtime (session.run is thread-safe). one_of_many: a tile step."""
+
+    def __init__(self, path, providers: Tuple[str, ...], device: str, num_threads: int,
+                 one_of_many: bool):
+        self.session = open_session(path, providers, device, num_threads, one_of_many)
+
+    def providers(self) -> Tuple[str, ...]:
+        return tuple(self.session.get_providers())
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+class _OpenVinoGraph:
+    """One graph compiled by OpenVINO for the CPU, with bf16 inference precision where the CPU
+    has bf16 arithmetic (OpenVINO keeps fp32 elsewhere). One infer request per thread."""
+
+    def __init__(self, path, num_threads: int):
+        import threading
+        import openvino
+        core = openvino.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            config["INFERENCE_PRECISION_HINT"] = "bf16"
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.outputs = list(self.compiled.outputs)  # in the graph's order, as ONNX Runtime
+        self.local = threading.local()
+
+    def providers(self) -> Tuple[str, ...]:
+        return ("OpenVINO CPU",)
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        request = getattr(self.local, "request", None)
+        if request is None:
+            request = self.local.request = self.compiled.create_infer_request()
+        results = request.infer(feeds)
+        return [np.array(results[output]) for output in self.outputs]
+
+
+ENGINES = ("auto", "onnxruntime", "openvino")
+
+
+def _openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_engine(engine: str, bundle: Bundle, device: str) -> str:
+    """"auto": OpenVINO for bundles built with --precision bf16 where it is installed and the
+    decoder runs on the CPU (the user chose bf16 arithmetic at build time), else ONNX Runtime."""
+    if engine not in ENGINES:
+        raise RequestError(f"decoder engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        wants_bf16 = bundle.manifest.requested_precision == "bf16" and device != "cuda"
+        return "openvino" if wants_bf16 and _openvino_available() else "onnxruntime"
+    if engine == "openvino" and not _openvino_available():
+        raise RequestError("decoder engine openvino needs the openvino package: pip install "
+                           "openvino, or use engine onnxruntime")
+    if engine == "openvino" and device == "cuda":
+        raise RequestError("decoder engine openvino runs on the CPU; use device cpu or engine "
+                           "onnxruntime")
+    return engine
+
+
+class TiledDecoder:
+    """The bundle's tiled decoder program with one compiled graph per conv step (read-only after
+    construction; decode() keeps its buffers per call, so threads may share one).
+
+    engine "onnxruntime" (fp32, the CPU or CUDA provider), "openvino" (the CPU, bf16 arithmetic
+    where the CPU has it: faster, not bit-comparable with fp32; needs the openvino package) or
+    "auto" (choose_engine)."""
+
+    def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
+                 num_threads: int, engine: str = "auto"):
+        spec: TiledDecoderSpec = bundle.manifest.tiled_decoder
+        if spec is None or spec.format != FORMAT:
+            found = "none" if spec is None else spec.format
+            raise BundleError(f"{bundle.path}: the bundle's tiled decoder is {found}, this vqrt "
+                              f"reads {FORMAT}; {REBUILD} of this vqrt")
+        try:
+            document = loads_strict(bundle.file(spec.program).read_bytes())
+            self.tensors, _, _ = read_safetensors(bundle.file(spec.tensors))
+        except SafetensorsError as e:
+            raise BundleError(f"{e}; {REBUILD}") from None
+        except ValueError as e:
+            raise _program_error(bundle, f"does not parse as JSON ({e})") from None
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise _program_error(bundle, f"is not a {FORMAT} program")
+        self.groups = int(document["groups"])
+        self.eps = float(document["eps"])
+        self.factor = int(document["downsampling_factor"])
+        self.codes_buffer, self.image_buffer = document["codes"], document["image"]
+        self.steps = _parse_steps(bundle, document)
+        self.last_use = _last_uses(self.steps, self.image_buffer)
+        engine = choose_engine(engine, bundle, device)
+        self.engine = engine
+
+        def compile_graph(path, one_of_many: bool):
+            if engine == "openvino":
+                return _OpenVinoGraph(path, num_threads)
+            return _OrtGraph(path, providers, device, num_threads, one_of_many)
+
+        self.runners = {s.name: compile_graph(bundle.file(s.graph), True)
+                        for s in self.steps if isinstance(s, ConvStep)}
+        self._whole = compile_graph(bundle.graph_path("decoder"), False)
+
+    @property
+    def providers(self) -> Tuple[str, ...]:
+        return self._whole.providers()
+
+    # --- memory plan ---------------------------------------------------------------------------
+
+    def _shapes(self, batch: int, h: int, w: int) -> Dict[str, Tuple[int, int, int, int]]:
+        """buffer -> [B, C, H, W] for a latent of h x w."""
+        codebook_dim = self.tensors["codebook"].shape[1]
+        shapes = {self.codes_buffer: (batch, codebook_dim, h, w)}
+        for step in self.steps:
+            _, _, height, width = shapes[step.input]
+            if isinstance(step, AttentionStep):
+                shapes[step.output] = (batch, step.channels, height, width)
+            else:
+                scale = 2 if step.upsample else 1
+                shapes[step.output] = (batch, step.out_channels, height * scale, width * scale)
+        return shapes
+
+    def _buffer_bytes(self, shapes, storage: np.dtype) -> int:
+        """The most whole-image buffer bytes alive at once while the program runs."""
+        size = {name: math.prod(shape) * (FLOAT if name == self.codes_buffer
+                                          else storage.itemsize)
+                for name, shape in shapes.items()}
+        live, peak = {self.codes_buffer}, size[self.codes_buffer]
+        for i, step in enumerate(self.steps):
+            live.add(step.output)
+            peak = max(peak, sum(size[name] for name in live))
+            live -= {name for name in list(live) if self.last_use.get(name, len(self.steps)) <= i}
+        return peak
+
+    def _tile_bytes(self, shapes, h: int, tile: int) -> int:
+        """An upper estimate of one tile's temporaries in the worst step: the fp32 tile and
+        skip copies, the engine's activations (affine, sigmoid, swish, padded), its unfolded
+        conv input (C_in k^2 per position), output and statistics temporaries. Checked against
+        measured peaks in benchmarks/decoder_bench.py."""
+        worst = 0
+        for step in self.steps:
+            batch, c_in, height, width = shapes[step.input]
+            if isinstance(step, AttentionStep):
+                n = height * width
+                worst = max(worst, FLOAT * batch * (min(n, ATTENTION_CHUNK) * n * 2
+                                                   + 3 * step.channels * n * 2))
+                continue
+            scale = height // h
+            pixels = (min(height, tile * scale) + 2) * (min(width, tile * scale) + 2)
+            c_out = step.out_channels * (4 if step.upsample else 1)
+            worst = max(worst, FLOAT * batch * pixels * (5 * c_in + c_in * step.kernel ** 2
+                                                         + 6 * c_out))
+        return worst
+
+    def _whole_bytes(self, shapes) -> int:
+        """The whole-image graph's peak, as measured with ONNX Runtime and OpenVINO: up to
+        four activations of the largest fp32 buffer (benchmarks/decoder_bench.py)."""
+        return WHOLE_GRAPH_BUFFERS * FLOAT * max(math.prod(s) for s in shapes.values())
+
+    def plan(self, batch: int, h: int, w: int, tile: Optional[int] = None,
+             max_memory: Optional[int] = None) -> TilePlan:
+        """How to decode a latent h x w: the whole-image graph when it is asked for (a tile
+        covering the latent) or fits (no tile given: latents up to DEFAULT_TILE, or within
+        max_memory bytes), else tiles of `tile`, or the largest tile that fits max_memory
+        with fp32 buffers, then with fp16 buffers. Raises RequestError, before anything is
+        allocated, when nothing fits the budget."""
+        if tile is not None and tile < 1:
+            raise RequestError(f"tile must be at least 1 latent position, got {tile}")
+        shapes = self._shapes(batch, h, w)
+        side = max(h, w)
+        whole = TilePlan(None, np.dtype(np.float32), 0, self._whole_bytes(shapes))
+        if tile is not None and tile >= side and (max_memory is None
+                                                  or whole.peak_bytes <= max_memory):
+            return whole
+        if tile is None and max_memory is None:
+            return whole if side <= DEFAULT_TILE else self._tiled(shapes, h, DEFAULT_TILE,
+                                                                  np.float32)
+        if tile is None and whole.peak_bytes <= max_memory:
+            return whole
+        candidates = [tile] if tile is not None else sorted(
+            {min(t, side) for t in TILE_CHOICES}, reverse=True)
+        for storage in (np.float32, np.float16):
+            for t in candidates:
+                result = self._tiled(shapes, h, min(t, side), storage)
+                if max_memory is None or result.peak_bytes <= max_memory:
+                    return result
+        hint = "use a smaller --tile or a larger budget" if tile is not None else (
+            "decode a smaller image or fewer images at once, or raise the budget")
+        raise RequestError(f"decoding a {h}x{w} latent (batch {batch}) needs at least "
+                           f"{_mib(result.peak_bytes)} with tile {result.tile} and fp16 "
+                           f"buffers, over --max-memory {_mib(max_memory)}: {hint}")
+
+    def _tiled(self, shapes, h: int, tile: int, storage) -> TilePlan:
+        storage = np.dtype(storage)
+        return TilePlan(tile, storage, self._buffer_bytes(shapes, storage),
+                        self._tile_bytes(shapes, h, tile))
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode(self, codes: np.ndarray, tile: Optional[int] = None,
+               max_memory: Optional[int] = None) -> np.ndarray:
+        """codes int64 [B, h, w] (checked by the caller) -> float32 [B, C, h*f, w*f]."""
+        batch, h, w = codes.shape
+        plan = self.plan(batch, h, w, tile, max_memory)
+        if plan.tile is None:
+            return self._whole.run({"indices": codes})[0]
+        codebook = self.tensors["codebook"]
+        buffers = {self.codes_buffer: np.ascontiguousarray(codebook[codes].transpose(0, 3, 1, 2))}
+        stats: Dict[str, _Stats] = {}
+        for i, step in enumerate(self.steps):
+            if isinstance(step, AttentionStep):
+                buffers[step.output] = _attention(buffers[step.input], step.channels,
+                                                  plan.storage)
+            else:
+                self._conv(step, buffers, stats, plan.tile * buffers[step.input].shape[2] // h,
+                           plan.storage)
+            for name in [n for n in buffers if self.last_use.get(n, len(self.steps)) <= i]:
+                del buffers[name]
+                stats.pop(name, None)
+        return buffers[self.image_buffer].astype(np.float32, copy=False)
+
+    def _conv(self, step: ConvStep, buffers: Dict[str, np.ndarray], stats: Dict[str, _Stats],
+              tile: int, storage: np.dtype) -> None:
+        """Runs one conv step over its input in tiles of tile x tile input positions."""
+        x = buffers[step.input]
+        batch, _, height, width = x.shape
+        scale = 2 if step.upsample else 1
+        if step.output in buffers:  # a residual written over its own skip buffer
+            out = buffers[step.output]
+        else:
+            out = np.empty((batch, step.out_channels, height * scale, width * scale), storage)
+        feeds: Dict[str, np.ndarray] = {}
+        if step.norm is not None:
+            feeds["scale"], feeds["shift"] = stats[step.input].group_affine(
+                self.groups, self.eps, self.tensors[f"{step.norm}.weight"],
+                self.tensors[f"{step.norm}.bias"])
+        merged = _Stats(batch, step.out_channels)
+        halo = step.kernel // 2
+        runner = self.runners[step.name]
+        for y0 in range(0, height, tile):
+            y1 = min(y0 + tile, height)
+            for x0 in range(0, width, tile):
+                x1 = min(x0 + tile, width)
+                top, left = max(y0 - halo, 0), max(x0 - halo, 0)
+                bottom, right = min(y1 + halo, height), min(x1 + halo, width)
+                feeds["x"] = np.ascontiguousarray(x[:, :, top:bottom, left:right], np.float32)
+                if halo:
+                    feeds["pads"] = np.array([0, 0, halo - (y0 - top), halo - (x0 - left),
+                                              0, 0, halo - (bottom - y1), halo - (right - x1)],
+                                             np.int64)
+                core = (slice(None), slice(None), slice(y0 * scale, y1 * scale),
+                        slice(x0 * scale, x1 * scale))
+                if step.skip is not None:
+                    feeds["skip"] = np.ascontiguousarray(buffers[step.skip][core], np.float32)
+                y, mean, m2 = runner.run(feeds)
+                out[core] = y
+                merged.add(y.shape[2] * y.shape[3], mean, m2)
+        buffers[step.output] = out
+        stats[step.output] = merged
+
+
+def _mib(n: int) -> str:
+    """Bytes as a person reads them: 1.5 GiB, 300 MiB, 100 KiB."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
+    return f"{n / 2 ** 10:.0f} KiB"
