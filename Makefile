@@ -1,5 +1,6 @@
 # Two commands for a fresh machine:
 #   make demo   the main job: build the demo bundle, generate sample images into out/
+#   (make demo-seg: the segmentation-conditioned demo model, one sflckr map at 1024x1024)
 #   make test   creates .venv, installs everything from nothing, runs all tests (C++ under ctest)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -12,7 +13,7 @@ HAVE_NVCC := $(if $(shell command -v nvcc 2>/dev/null),ON,OFF)
 CUDA_BUILD ?= $(HAVE_NVCC)
 SHARED ?= ../shared
 
-.PHONY: demo bench test test-python test-cpp venv clean
+.PHONY: demo demo-seg bench test test-python test-cpp venv clean
 
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
 	python3 -m venv $(VENV)
@@ -61,6 +62,24 @@ demo: $(DEMO_BUNDLE)/manifest.json
 	@echo "Wrote out/demo-samples.png and out/demo-$(DEMO_SIZE).png (decoded in tiles; windows held"
 	@echo "for 4 tokens: no measurable NLL cost on this model, BENCHMARKS.md; the paper's scheme:"
 	@echo "DEMO_WINDOW_STRIDE=1, about 3.6x slower)."
+
+# The segmentation-conditioned demo (models/demo-seg): a held-out sflckr label map fitted to
+# DEMO_SEG_SIZE (nearest neighbour, centre crop), then sampled through sliding windows. Stride 8
+# takes about a minute at 1024x1024 on 2 cores; stride 1, the image of docs/megapixel.md, about 10.
+DEMO_SEG_BUNDLE := build/demo-seg/bundle
+DEMO_SEG_MAP ?= $(SHARED)/data/sflckr/segmentations/canada/2883773_881c197107_c.png
+DEMO_SEG_SIZE ?= 1024x1024
+DEMO_SEG_WINDOW_STRIDE ?= 8
+$(DEMO_SEG_BUNDLE)/manifest.json: $(VENV)/.installed $(wildcard models/demo-seg/transformer/*)
+	$(VENV)/bin/vqrt build models/demo-seg/transformer -o $(DEMO_SEG_BUNDLE) --max-size 1024x1024 --force
+
+demo-seg: $(DEMO_SEG_BUNDLE)/manifest.json
+	@mkdir -p out
+	$(PY) scripts/seg_map.py fit $(DEMO_SEG_MAP) out/demo-seg-map.png --size $(DEMO_SEG_SIZE)
+	$(PY) scripts/seg_map.py colorize out/demo-seg-map.png out/demo-seg-map-color.png
+	$(VENV)/bin/vqrt generate $(DEMO_SEG_BUNDLE) --cond out/demo-seg-map.png -o out/demo-seg-$(DEMO_SEG_SIZE).png \
+	  --size $(DEMO_SEG_SIZE) --window-stride $(DEMO_SEG_WINDOW_STRIDE) --top-k 100 --seed 0
+	@echo "Wrote out/demo-seg-$(DEMO_SEG_SIZE).png from out/demo-seg-map.png (in colour: out/demo-seg-map-color.png)."
 
 bench: venv
 	$(PY) benchmarks/bench_suite.py all
