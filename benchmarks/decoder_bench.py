@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 WORK = ROOT / "build" / "bench" / "decoder"
 
 
-def make_bundle(threads: int) -> Path:
+def make_bundle() -> Path:
     """A first-stage bundle of a random ImageNet-shaped VQGAN (upstream .ckpt + YAML), built
     for images up to 2048x2048."""
     bundle = WORK / "bundle"
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/decoder.json")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    bundle = make_bundle(args.threads)
+    bundle = make_bundle()
     doc = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "threads": args.threads,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

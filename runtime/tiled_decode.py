@@ -260,7 +260,6 @@ class TiledDecoder:
             raise _program_error(bundle, f"is not a {FORMAT} program")
         self.groups = int(document["groups"])
         self.eps = float(document["eps"])
-        self.factor = int(document["downsampling_factor"])
         self.codes_buffer, self.image_buffer = document["codes"], document["image"]
         self.steps = _parse_steps(bundle, document)
         self.last_use = _last_uses(self.steps, self.image_buffer)

@@ -59,6 +59,31 @@ std::vector<float> cpu_attention(const Shape& s, const std::vector<float>& qkv,
   return out;
 }
 
+// The kernel's arguments over device buffers: rows of q, k, v (3 C wide, q first) in `qkv`, the
+// fp16 caches [B, heads, max_len, D], output rows of `out_stride`; error flag and scale as given.
+vqrt::cuda::DecodeAttentionParams attention_params(
+    const Shape& s, int64_t heads, const vqrt::cuda::DeviceBuffer& qkv,
+    const vqrt::cuda::DeviceBuffer& k, const vqrt::cuda::DeviceBuffer& v,
+    const vqrt::cuda::DeviceBuffer& positions, const vqrt::cuda::DeviceBuffer& out,
+    int64_t out_stride, const vqrt::cuda::DeviceBuffer& workspace, int splits) {
+  vqrt::cuda::DecodeAttentionParams p;
+  p.q = qkv.as<__half>();
+  p.q_row_stride = 3 * heads * s.D;
+  p.k_cache = k.as<__half>();
+  p.v_cache = v.as<__half>();
+  p.positions = positions.as<int64_t>();
+  p.out = out.as<__half>();
+  p.out_row_stride = out_stride;
+  p.batch = s.batch;
+  p.heads = heads;
+  p.head_dim = s.D;
+  p.max_len = s.max_len;
+  p.splits = splits;
+  p.workspace = workspace.as<float>();
+  p.workspace_bytes = workspace.bytes();
+  return p;
+}
+
 // Runs the GPU kernel with `splits` (0: decode_attention_splits' choice) and compares.
 void run_case(std::mt19937_64& rng, const Shape& s, int splits) {
   const int64_t C = s.heads * s.D;
@@ -83,23 +108,10 @@ void run_case(std::mt19937_64& rng, const Shape& s, int splits) {
   vqrt::cuda::DeviceBuffer d_out(s.batch * out_stride * sizeof(__half));
   vqrt::cuda::DeviceBuffer d_ws(
       vqrt::cuda::decode_attention_workspace_bytes(s.batch, s.heads, s.D, splits));
-  vqrt::cuda::DecodeAttentionParams p;
-  p.q = d_qkv.as<__half>();
-  p.q_row_stride = 3 * C;
-  p.k_cache = d_k.as<__half>();
-  p.v_cache = d_v.as<__half>();
-  p.positions = d_pos.as<int64_t>();
-  p.out = d_out.as<__half>();
-  p.out_row_stride = out_stride;
+  vqrt::cuda::DecodeAttentionParams p =
+      attention_params(s, s.heads, d_qkv, d_k, d_v, d_pos, d_out, out_stride, d_ws, splits);
   p.error = d_error.as<int32_t>();
-  p.batch = s.batch;
-  p.heads = s.heads;
-  p.head_dim = s.D;
-  p.max_len = s.max_len;
   p.scale = scale;
-  p.splits = splits;
-  p.workspace = d_ws.as<float>();
-  p.workspace_bytes = d_ws.bytes();
   vqrt::cuda::decode_attention_launch(p, nullptr);
   const auto out = cuda_test::to_float(
       cuda_test::download<__half>(d_out, static_cast<size_t>(s.batch * out_stride)));
@@ -174,22 +186,9 @@ TEST(append_then_attend_matches_cpu) {
   vqrt::cuda::DeviceBuffer d_out(s.batch * C * sizeof(__half));
   const int splits = 2;
   vqrt::cuda::DeviceBuffer d_ws(vqrt::cuda::decode_attention_workspace_bytes(s.batch, s.heads, s.D, splits));
-  vqrt::cuda::DecodeAttentionParams p;
-  p.q = d_qkv.as<__half>();
-  p.q_row_stride = 3 * C;
-  p.k_cache = d_k.as<__half>();
-  p.v_cache = d_v.as<__half>();
-  p.positions = d_pos.as<int64_t>();
-  p.out = d_out.as<__half>();
-  p.out_row_stride = C;
-  p.batch = s.batch;
-  p.heads = s.heads;
-  p.head_dim = s.D;
-  p.max_len = s.max_len;
+  vqrt::cuda::DecodeAttentionParams p =
+      attention_params(s, s.heads, d_qkv, d_k, d_v, d_pos, d_out, C, d_ws, splits);
   p.scale = scale;
-  p.splits = splits;
-  p.workspace = d_ws.as<float>();
-  p.workspace_bytes = d_ws.bytes();
   vqrt::cuda::decode_attention_launch(p, nullptr);
   const auto got = cuda_test::to_float(cuda_test::download<__half>(d_out, s.batch * C));
   cuda_test::expect_near(got, ref, kAtol, kRtol, "append then attend");
@@ -209,22 +208,9 @@ TEST(decode_attention_flags_bad_positions) {
     auto d_error = cuda_test::upload(std::vector<int32_t>{0});
     vqrt::cuda::DeviceBuffer d_out(s.batch * C * sizeof(__half));
     vqrt::cuda::DeviceBuffer d_ws(vqrt::cuda::decode_attention_workspace_bytes(s.batch, 1, s.D, splits));
-    vqrt::cuda::DecodeAttentionParams p;
-    p.q = d_qkv.as<__half>();
-    p.q_row_stride = 3 * C;
-    p.k_cache = d_k.as<__half>();
-    p.v_cache = d_v.as<__half>();
-    p.positions = d_pos.as<int64_t>();
-    p.out = d_out.as<__half>();
-    p.out_row_stride = C;
+    vqrt::cuda::DecodeAttentionParams p =
+        attention_params(s, 1, d_qkv, d_k, d_v, d_pos, d_out, C, d_ws, splits);
     p.error = d_error.as<int32_t>();
-    p.batch = s.batch;
-    p.heads = 1;
-    p.head_dim = s.D;
-    p.max_len = s.max_len;
-    p.splits = splits;
-    p.workspace = d_ws.as<float>();
-    p.workspace_bytes = d_ws.bytes();
     vqrt::cuda::decode_attention_launch(p, nullptr);
     CHECK_EQ(cuda_test::download<int32_t>(d_error, 1)[0], 1);
     const auto out = cuda_test::to_float(cuda_test::download<__half>(d_out, s.batch * C));
