@@ -337,8 +337,8 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
     try:
         with staged_directory(output, options.force) as staging:
             graphs, kv, graph_notes = _write_graphs(loaded, staging, plan, log)
-            tiled_decoder = TiledDecoderSpec(PROGRAM_FORMAT,
-                                             **write_tiled_decoder(loaded.first_stage, staging))
+            tiled_files, _ = write_tiled_decoder(loaded.first_stage, staging)
+            tiled_decoder = TiledDecoderSpec(PROGRAM_FORMAT, **tiled_files)
             log(f"wrote the tiled decoder ({tiled_decoder.program})")
             native = native_error = None
             if plan.native and loaded.kind == "net2net":

@@ -82,6 +82,10 @@ class GraphBuilder:
         dtype = np.float32 if fp32 else self.dtype
         return self._initializer(name, np.asarray(array, dtype=dtype))
 
+    def tensor(self, name: str, array: np.ndarray) -> str:
+        """A named initializer of exactly array's dtype (int8 weights, int32 biases, scales)."""
+        return self._initializer(name, np.asarray(array))
+
     def const(self, array: Union[np.ndarray, Sequence[int], int, float],
               dtype: Optional[np.dtype] = None) -> str:
         """A small constant (shapes, axes, scalars); int64 unless dtype says otherwise."""

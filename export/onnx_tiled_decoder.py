@@ -29,14 +29,22 @@ The zero padding comes after the norm and swish, where upstream's conv pads. Ups
 (nearest x2, then a 3x3 conv) run as a 3x3 conv on the low-resolution input to 4 C_out channels,
 one per output phase, and a DepthToSpace: the same sums without the 4x larger upsampled tensor.
 
+int8 bundles (`vqrt build --precision int8`) write the same program with QDQ step graphs: each
+conv the whole-image int8 decoder quantized is quantized here with that graph's activation
+scales and zero points (export/quantize_vqgan.py, conv_activations), and int8 weights made by the
+same rule (symmetric, per output channel), so tiles see the same quantization grid as the whole
+image. Steps whose whole-image convs stayed fp32 (conv_out), and the fused q/k/v step (three
+convs with three output scales there), stay fp32.
+
 The program (program.json) lists the steps in order; buffers are named, and the runtime frees a
 buffer after its last use. tensors.safetensors holds the codebook and the GroupNorm affines.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -45,6 +53,7 @@ from onnx import TensorProto
 
 from vqrt.export.onnx_builder import GraphBuilder, save_graphs_sharing_weights, swish
 from vqrt.export.onnx_vqgan import EPS, GROUPS
+from vqrt.export.quantize_vqgan import Int8Activation, Int8Conv
 from vqrt.runtime.safetensors_io import write_safetensors
 from vqrt.trainer.models.vqgan import AttnBlock, Decoder, ResnetBlock, VQModel
 
@@ -76,10 +85,51 @@ def upsample_phase_weights(weight: np.ndarray) -> np.ndarray:
     return phases.reshape(4 * c_out, c_in, 3, 3).astype(np.float32)
 
 
-class _ProgramBuilder:
-    """Collects the steps, their graphs and the GroupNorm tensors while walking the decoder."""
+def int8_weights(weight: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """weight [C_out, ...] -> (int8 [C_out, ...], scale float32 [C_out]): symmetric per output
+    channel, scale = max |w| / 127, the rule ONNX Runtime's quantizer applied to the whole-image
+    graph (so the convs the two share get the same int8 weights)."""
+    absmax = np.abs(weight).reshape(len(weight), -1).max(axis=1)
+    scale = np.where(absmax > 0, absmax / 127, 1).astype(np.float32)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    return np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8), scale
 
-    def __init__(self):
+
+def _quantize_dequantize(b: GraphBuilder, x: str, q: Int8Activation) -> str:
+    scale, zero = b.const(np.float32(q.scale), np.float32), b.const(q.zero_point, np.uint8)
+    return b.op("DequantizeLinear", b.op("QuantizeLinear", x, scale, zero), scale, zero)
+
+
+def _conv_op(b: GraphBuilder, x: str, name: str, weight: np.ndarray, bias: np.ndarray,
+             int8: Optional[Int8Conv], kernel: int) -> str:
+    """Conv with weight [C_out, C_in, k, k], bias [C_out]; with `int8`, in QDQ form (int8
+    weights per output channel, the bias int32 at input scale x weight scale, input and
+    output through uint8), which ONNX Runtime fuses into QLinearConv and OpenVINO into an
+    int8 convolution."""
+    attrs = dict(kernel_shape=[kernel, kernel], pads=[0, 0, 0, 0])
+    if int8 is None:
+        return b.op("Conv", x, b.weight(f"{name}.weight", weight), b.weight(f"{name}.bias", bias),
+                    **attrs)
+    q, scale = int8_weights(weight)
+    bias_scale = (np.float32(int8.input.scale) * scale).astype(np.float32)
+    w = b.op("DequantizeLinear", b.tensor(f"{name}.weight_int8", q),
+             b.tensor(f"{name}.weight_scale", scale),
+             b.tensor(f"{name}.weight_zero", np.zeros(len(q), np.int8)), axis=0)
+    bias_q = b.op("DequantizeLinear", b.tensor(f"{name}.bias_int32",
+                                               np.rint(bias / bias_scale).astype(np.int32)),
+                  b.tensor(f"{name}.bias_scale", bias_scale),
+                  b.tensor(f"{name}.bias_zero", np.zeros(len(q), np.int32)), axis=0)
+    y = b.op("Conv", _quantize_dequantize(b, x, int8.input), w, bias_q, **attrs)
+    return _quantize_dequantize(b, y, int8.output)
+
+
+class _ProgramBuilder:
+    """Collects the steps, their graphs and the GroupNorm tensors while walking the decoder.
+    int8: whole-image conv name -> its activation quantization (None: an fp32 program)."""
+
+    def __init__(self, int8: Optional[Mapping[str, Int8Conv]] = None):
+        self.int8 = int8 or {}
+        self.kept_fp32: List[str] = []  # with int8: the conv steps left fp32
         self.steps: List[Dict] = []
         self.graphs: List[Tuple[onnx.ModelProto, str]] = []  # (model, file inside the bundle)
         self.tensors: Dict[str, np.ndarray] = {}
@@ -99,10 +149,13 @@ class _ProgramBuilder:
     def conv(self, name: str, x: str, conv: Tuple[np.ndarray, np.ndarray],
              norm: Optional[nn.GroupNorm] = None, norm_name: Optional[str] = None,
              swish_in: bool = False, skip: Optional[str] = None,
-             shortcut: Optional[nn.Conv2d] = None, upsample: bool = False, tanh: bool = False,
-             output: Optional[str] = None) -> str:
+             shortcut: Optional[nn.Conv2d] = None, shortcut_name: Optional[str] = None,
+             upsample: bool = False, tanh: bool = False, output: Optional[str] = None,
+             source: Optional[str] = None) -> str:
         """One conv step, conv = (weight [C_out, C_in, k, k], bias [C_out]); returns its
-        output buffer (a new one unless `output` names one)."""
+        output buffer (a new one unless `output` names one). source: the whole-image graph's
+        name for this conv when it differs from `name` (None for the fused q/k/v step, which
+        has no single counterpart)."""
         weight, bias = conv
         kernel = weight.shape[-1]
         c_in, c_out = weight.shape[1], weight.shape[0]
@@ -119,16 +172,14 @@ class _ProgramBuilder:
             h = b.op("Pad", h, pads, mode="constant")
         if upsample:
             weight, bias = upsample_phase_weights(weight), np.tile(bias, 4)
-        y = b.op("Conv", h, b.weight(f"{name}.weight", weight), b.weight(f"{name}.bias", bias),
-                 kernel_shape=[kernel, kernel], pads=[0, 0, 0, 0])
+        y = _conv_op(b, h, name, weight, bias, self._int8(source, name), kernel)
         if upsample:
             y = b.op("DepthToSpace", y, blocksize=2, mode="DCR")
         if skip is not None:
             s = b.input("skip", TensorProto.FLOAT, ["batch", "skip_channels", "out_h", "out_w"])
             if shortcut is not None:
-                s = b.op("Conv", s, b.weight(f"{name}.shortcut.weight", _np(shortcut.weight)),
-                         b.weight(f"{name}.shortcut.bias", _np(shortcut.bias)),
-                         kernel_shape=[1, 1])
+                s = _conv_op(b, s, f"{name}.shortcut", _np(shortcut.weight),
+                             _np(shortcut.bias), self._int8(shortcut_name, f"{name}.shortcut"), 1)
             y = b.op("Add", s, y)
         if tanh:
             y = b.op("Tanh", y)
@@ -149,13 +200,24 @@ class _ProgramBuilder:
             "upsample": upsample})
         return out
 
+    def _int8(self, source: Optional[str], step: str) -> Optional[Int8Conv]:
+        if not self.int8:
+            return None
+        found = self.int8.get(source) if source is not None else None
+        if found is None:
+            self.kept_fp32.append(step)
+        return found
+
     def resnet(self, x: str, block: ResnetBlock, name: str) -> str:
-        h = self.conv(f"{name}.conv1", x, _wb(block.conv1), block.norm1, f"{name}.norm1", True)
+        h = self.conv(f"{name}.conv1", x, _wb(block.conv1), block.norm1, f"{name}.norm1", True,
+                      source=f"{name}.conv1")
         # The residual sum overwrites x when the shapes agree (each tile reads x only at the
         # positions it writes), so a block holds two whole-image buffers, not three.
         same = block.nin_shortcut is None
         return self.conv(f"{name}.conv2", h, _wb(block.conv2), block.norm2, f"{name}.norm2", True,
-                         skip=x, shortcut=block.nin_shortcut, output=x if same else None)
+                         skip=x, shortcut=block.nin_shortcut,
+                         shortcut_name=f"{name}.nin_shortcut", output=x if same else None,
+                         source=f"{name}.conv2")
 
     def attention(self, x: str, attn: AttnBlock, name: str) -> str:
         channels = attn.q.weight.shape[0]
@@ -163,11 +225,12 @@ class _ProgramBuilder:
         # whole-graph decoder does.
         q, k, v = _wb(attn.q, channels ** -0.5), _wb(attn.k), _wb(attn.v)
         qkv = (np.concatenate([q[0], k[0], v[0]]), np.concatenate([q[1], k[1], v[1]]))
-        projections = self.conv(f"{name}.qkv", x, qkv, attn.norm, f"{name}.norm")
+        projections = self.conv(f"{name}.qkv", x, qkv, attn.norm, f"{name}.norm", source=None)
         mixed = self.buffer()
         self.steps.append({"kind": "attention", "name": name, "input": projections,
                            "output": mixed, "channels": channels})
-        return self.conv(f"{name}.proj_out", mixed, _wb(attn.proj_out), skip=x, output=x)
+        return self.conv(f"{name}.proj_out", mixed, _wb(attn.proj_out), skip=x, output=x,
+                         source=f"{name}.proj_out")
 
 
 def _wb(conv: nn.Conv2d, scale: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
@@ -176,8 +239,8 @@ def _wb(conv: nn.Conv2d, scale: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
 
 def _walk(p: _ProgramBuilder, z: str, vq: VQModel) -> str:
     dec: Decoder = vq.decoder
-    h = p.conv("post_quant_conv", z, _wb(vq.post_quant_conv))
-    h = p.conv("decoder.conv_in", h, _wb(dec.conv_in))
+    h = p.conv("post_quant_conv", z, _wb(vq.post_quant_conv), source="post_quant_conv")
+    h = p.conv("decoder.conv_in", h, _wb(dec.conv_in), source="decoder.conv_in")
     h = p.resnet(h, dec.mid.block_1, "decoder.mid.block_1")
     h = p.attention(h, dec.mid.attn_1, "decoder.mid.attn_1")
     h = p.resnet(h, dec.mid.block_2, "decoder.mid.block_2")
@@ -191,16 +254,23 @@ def _walk(p: _ProgramBuilder, z: str, vq: VQModel) -> str:
             up = stage.upsample
             if up.conv is None:
                 raise ValueError("tiled decoding needs upsampling with a conv (resamp_with_conv)")
-            h = p.conv(f"decoder.up.{level}.upsample", h, _wb(up.conv), upsample=True)
+            h = p.conv(f"decoder.up.{level}.upsample", h, _wb(up.conv), upsample=True,
+                       source=f"decoder.up.{level}.upsample.conv")
     return p.conv("decoder.conv_out", h, _wb(dec.conv_out), dec.norm_out, "decoder.norm_out", True,
-                  tanh=dec.cfg.tanh_out)
+                  tanh=dec.cfg.tanh_out, source="decoder.conv_out")
 
 
-def write_tiled_decoder(vq: VQModel, staging: Path) -> Dict[str, str]:
+def write_tiled_decoder(vq: VQModel, staging: Path,
+                        int8: Optional[Mapping[str, Int8Conv]] = None
+                        ) -> Tuple[Dict[str, str], List[str]]:
     """Writes program.json, tensors.safetensors, the step graphs and their shared weights under
-    staging/tiled_decoder/; returns {"program", "tensors", "weights"} paths inside the bundle."""
+    staging/tiled_decoder/ (replacing what is there), in QDQ int8 where `int8` (whole-image
+    conv name -> activation quantization, from conv_activations) has the conv; returns
+    ({"program", "tensors", "weights"} paths inside the bundle, the convs left fp32)."""
+    if (staging / DIRECTORY).exists():
+        shutil.rmtree(staging / DIRECTORY)
     (staging / DIRECTORY).mkdir()
-    p = _ProgramBuilder()
+    p = _ProgramBuilder(int8)
     embedding = vq.quantize.embed if vq.cfg.quantizer == "gumbel" else vq.quantize.embedding
     p.tensors["codebook"] = _np(embedding.weight)  # [N, E]
     z = p.buffer()
@@ -214,4 +284,5 @@ def write_tiled_decoder(vq: VQModel, staging: Path) -> Dict[str, str]:
     write_safetensors(staging / TENSORS_FILE, p.tensors)
     with open(staging / PROGRAM_FILE, "w", encoding="utf-8") as f:
         f.write(json.dumps(program, indent=1, allow_nan=False) + "\n")
-    return {"program": PROGRAM_FILE, "tensors": TENSORS_FILE, "weights": WEIGHTS_FILE}
+    return ({"program": PROGRAM_FILE, "tensors": TENSORS_FILE, "weights": WEIGHTS_FILE},
+            p.kept_fp32)

@@ -2,9 +2,10 @@
 built, their calibration caches, and the quality report against fp32.
 
 In the staging directory the fp32 encoder and decoder graphs (already written by build.py) are
-replaced by their int8 QDQ versions under the same names, so the runtime opens `graphs.decoder`
-as always and ONNX Runtime runs it with integer kernels: one reader, no precision switch at run
-time. The graph's manifest entry says precision int8; `quantization.graphs` names its
+replaced by their int8 QDQ versions under the same names, and the tiled decoder's step graphs
+by QDQ versions with the whole-image decoder's activation scales, so the runtime opens
+`graphs.decoder` and the tiles as always and ONNX Runtime runs them with integer kernels: one
+reader, no precision switch at run time. The graph's manifest entry says precision int8; `quantization.graphs` names its
 calibration cache (calibration/<graph>_ranges.json, in the file list with its SHA-256) and what
 stayed fp32. The fp32 graphs live only in a temporary directory, as the reference of the
 quality report (calibration/quality.py), which runs on the held-out images.
@@ -22,7 +23,9 @@ from vqrt.calibration.quality import (
     decoder_checks, encoder_checks, transformer_checks)
 from vqrt.export.native_weights import native_tensors
 from vqrt.export.onnx_builder import check_file
-from vqrt.export.quantize_vqgan import RECIPE, Recipe, calibrate, count_ops, quantize
+from vqrt.export.onnx_tiled_decoder import DIRECTORY as TILED_DIRECTORY, write_tiled_decoder
+from vqrt.export.quantize_vqgan import (
+    RECIPE, Recipe, calibrate, conv_activations, count_ops, quantize)
 from vqrt.runtime.bundle import (
     GraphSpec, ParityCheck, ParityReport, QuantizationSpec, QuantizedGraphSpec)
 from vqrt.runtime.bundle_card import format_value
@@ -89,6 +92,14 @@ def quantize_bundle(loaded: LoadedModel, staging: Path, graphs: Dict[str, GraphS
             quantized[name] = QuantizedGraphSpec(cache, recipe.describe(), kept)
             measure = decoder_checks if name == "decoder" else encoder_checks
             checks += measure(fp32_path, int8_path, held_out)
+    if "decoder" in quantized and (staging / TILED_DIRECTORY).is_dir():
+        # The tile graphs take the whole-image int8 decoder's activation quantization.
+        convs = conv_activations(staging / graphs["decoder"].file)
+        _, kept = write_tiled_decoder(loaded.first_stage, staging, convs)
+        quantized["tiled_decoder"] = QuantizedGraphSpec(quantized["decoder"].calibration_cache,
+                                                        recipe.describe(), tuple(kept))
+        log(f"rewrote the tiled decoder in int8 QDQ ({len(kept)} conv steps kept fp32: "
+            f"{', '.join(kept)})")
     native_recipe = ""
     if native_file is not None:
         native_recipe = NATIVE_RECIPE

@@ -32,6 +32,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, create_calibrator,
     quantize_static, save_tensors_data)
@@ -148,6 +149,52 @@ def quantize(fp32_path: Path, out_path: Path, cache_path: Path, recipe: Recipe =
     quantized.producer_name = "vqrt"  # the quantizer names itself; the graph is still ours
     onnx.save(quantized, str(out_path))
     return tuple(sorted(kept))
+
+
+@dataclass(frozen=True)
+class Int8Activation:
+    """A uint8 tensor quantization: x ~ (q - zero_point) * scale."""
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class Int8Conv:
+    """The activation quantization of one quantized Conv: its input and its output."""
+    input: Int8Activation
+    output: Int8Activation
+
+
+def conv_activations(int8_path: Path) -> Dict[str, Int8Conv]:
+    """The input and output quantization of every quantized Conv of a QDQ graph written by
+    quantize(), keyed by the conv's name (its fp32 weight's name without ".weight"), read from
+    the graph itself: the DequantizeLinear feeding the Conv and the QuantizeLinear after it.
+    Other graphs made from the same calibration (the tile graphs) reuse exactly these."""
+    graph = onnx.load(str(int8_path), load_external_data=False).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+                 if t.data_location != onnx.TensorProto.EXTERNAL}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: Dict[str, List[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def activation(node: onnx.NodeProto) -> Int8Activation:
+        return Int8Activation(float(constants[node.input[1]]), int(constants[node.input[2]]))
+
+    convs = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        x, w = (producer.get(name) for name in node.input[:2])
+        after = consumers.get(node.output[0], [])
+        if (x is None or w is None or x.op_type != "DequantizeLinear"
+                or w.op_type != "DequantizeLinear" or len(after) != 1
+                or after[0].op_type != "QuantizeLinear"):
+            continue  # kept fp32
+        name = w.input[0].removesuffix(".weight_quantized")
+        convs[name] = Int8Conv(activation(x), activation(after[0]))
+    return convs
 
 
 def count_ops(path: Path, op_types: Sequence[str] = ("QuantizeLinear", "DequantizeLinear",

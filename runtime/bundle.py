@@ -266,7 +266,8 @@ class Manifest:
                 refs[getattr(self.tiled_decoder, part)] = f"tiled decoder {part}"
         if self.quantization is not None:
             for name, graph in self.quantization.graphs.items():
-                refs[graph.calibration_cache] = f"calibration cache of graph {name}"
+                # (the tiled decoder shares the decoder's cache: the first name stays)
+                refs.setdefault(graph.calibration_cache, f"calibration cache of graph {name}")
         return refs
 
 
