@@ -178,9 +178,10 @@ class Generator:
             `providers` says what really runs each graph.
         num_threads: threads of the native decoder, the sampler and ONNX Runtime's intra-op
             pool; 0 = their defaults (one per core). Never changes the tokens.
-        tile: the image decoder's tile side in latent positions (None: the largest that fits
-            max_memory, else runtime.tiled_decode.DEFAULT_TILE). Never changes the image
-            beyond rounding.
+        tile: the image decoder's tile side in latent positions (None: the whole image up to
+            a latent of runtime.tiled_decode.WHOLE_GRAPH_SIDE or within max_memory, else the
+            fastest tile that fits, TiledDecoder.plan). Never changes the image beyond
+            rounding.
         max_memory: bytes the image decoder may use; a request that cannot fit fails in
             start() (or decode()) before anything is allocated.
         decoder_engine: what runs the image decoder's graphs: "onnxruntime" (fp32, on

@@ -29,10 +29,17 @@ from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 from vqrt.runtime.strict_json import loads_strict
 
 FORMAT = "vqrt-tiled-decoder-1"
-DEFAULT_TILE = 32  # latent positions per tile side when neither a tile nor a budget is given
+WHOLE_GRAPH_SIDE = 32  # latents up to this side decode as one graph unless a tile is asked for
 WHOLE_GRAPH_BUFFERS = 5  # the whole-image graph's peak over its largest activation (4.1x at
 # 1024x1024, 4.8x at 2048x2048 with ONNX Runtime; benchmarks/decoder_bench.py)
-TILE_CHOICES = (256, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # tried largest first for a budget
+TILE_CHOICES = (256, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # tried largest first
+# The largest per-tile tensor (fp32 bytes) of the tiles the plan chooses by itself. Tile
+# sessions keep no arena (onnx_sessions.open_session), so each run allocates its temporaries
+# afresh, and glibc serves large blocks from fresh mmaps (always above 32 MiB), which every run
+# faults and zeroes again. ImageNet-sized decoder at 1024x1024, ONNX Runtime int8: tiles of 8
+# latent positions (8.6 MB tensors) 16.3 s, of 12 (19 MB) 19.8 s, of 32 (140 MB) 27.7 s
+# (BENCHMARKS.md).
+TILE_TENSOR_LIMIT = 16 << 20
 ATTENTION_CHUNK = 1024  # queries per attention chunk: [chunk, N] scores, never [N, N]
 FLOAT = 4  # bytes
 
@@ -331,13 +338,31 @@ class TiledDecoder:
         buffer."""
         return WHOLE_GRAPH_BUFFERS * FLOAT * max(math.prod(s) for s in shapes.values())
 
+    def _fast_tile(self, shapes, h: int, side: int) -> int:
+        """The largest tile (of TILE_CHOICES, at most the latent's side) whose largest per-tile
+        tensor, fp32, stays within TILE_TENSOR_LIMIT."""
+        def largest_tensor(tile: int) -> int:
+            worst = 0
+            for step in self.steps:
+                if isinstance(step, AttentionStep):
+                    continue
+                batch, c_in, height, width = shapes[step.input]
+                scale = height // h
+                pixels = (min(height, tile * scale) + 2) * (min(width, tile * scale) + 2)
+                channels = max(c_in, step.out_channels * (4 if step.upsample else 1))
+                worst = max(worst, FLOAT * batch * channels * pixels)
+            return worst
+        fits = [t for t in TILE_CHOICES if t <= side and largest_tensor(t) <= TILE_TENSOR_LIMIT]
+        return max(fits, default=min(TILE_CHOICES))
+
     def plan(self, batch: int, h: int, w: int, tile: Optional[int] = None,
              max_memory: Optional[int] = None) -> TilePlan:
         """How to decode a latent h x w: the whole-image graph when it is asked for (a tile
-        covering the latent) or fits (no tile given: latents up to DEFAULT_TILE, or within
-        max_memory bytes), else tiles of `tile`, or the largest tile that fits max_memory
-        with fp32 buffers, then with fp16 buffers. Raises RequestError, before anything is
-        allocated, when nothing fits the budget."""
+        covering the latent) or fits (no tile given: latents up to WHOLE_GRAPH_SIDE, or
+        within max_memory bytes), else tiles of `tile`, or of the fastest size (_fast_tile)
+        or the largest smaller one that fits max_memory with fp32 buffers, then with fp16
+        buffers. Raises RequestError, before anything is allocated, when nothing fits the
+        budget."""
         if tile is not None and tile < 1:
             raise RequestError(f"tile must be at least 1 latent position, got {tile}")
         shapes = self._shapes(batch, h, w)
@@ -346,13 +371,13 @@ class TiledDecoder:
         if tile is not None and tile >= side and (max_memory is None
                                                   or whole.peak_bytes <= max_memory):
             return whole
+        fast = self._fast_tile(shapes, h, side)
         if tile is None and max_memory is None:
-            return whole if side <= DEFAULT_TILE else self._tiled(shapes, h, DEFAULT_TILE,
-                                                                  np.float32)
+            return whole if side <= WHOLE_GRAPH_SIDE else self._tiled(shapes, h, fast,
+                                                                      np.float32)
         if tile is None and whole.peak_bytes <= max_memory:
             return whole
-        candidates = [tile] if tile is not None else sorted(
-            {min(t, side) for t in TILE_CHOICES}, reverse=True)
+        candidates = [tile] if tile is not None else [t for t in TILE_CHOICES if t <= fast]
         for storage in (np.float32, np.float16):
             for t in candidates:
                 result = self._tiled(shapes, h, min(t, side), storage)

@@ -79,6 +79,21 @@ def golden_large(tmp_path_factory) -> Path:
     return out
 
 
+def test_default_tile_keeps_tile_tensors_within_the_allocation_limit(golden_large,
+                                                                       monkeypatch):
+    """Beyond WHOLE_GRAPH_SIDE the plan takes the largest tile whose biggest per-tile tensor
+    stays within TILE_TENSOR_LIMIT, and no budget ever gets a larger one."""
+    decoder = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 1)
+    # Golden's widest tensors: 64 channels at scale 8 (the first level, ch_mult 2):
+    # (8 t + 2)^2 x 64 x 4 bytes: 9.6 MB for tiles of 24, 17 MB for 32.
+    assert decoder.plan(1, 48, 48).tile == 24
+    monkeypatch.setattr(tiled_decode, "TILE_TENSOR_LIMIT", 64 * 66 * 66 * 4)
+    assert decoder.plan(1, 48, 48).tile == 8
+    assert decoder.plan(1, 48, 48, max_memory=2 ** 40).tile is None  # the whole graph fits
+    planned = decoder.plan(1, 48, 48, max_memory=decoder.plan(1, 48, 48, tile=8).peak_bytes)
+    assert planned.tile == 8 and planned.storage == np.float32
+
+
 def test_golden_tiled_equals_untiled_on_real_latents(golden_large):
     codes = _real_codes(golden_large, 256, 192, 2)  # [2, 24, 32]
     # 16: the acceptance tile; 5: tiles that do not divide the latent; 1: one position each
@@ -127,7 +142,7 @@ def test_stats_merged_over_tiles_equal_whole_image_stats():
 
 def test_memory_plan_picks_a_tile_that_fits_and_refuses_what_cannot(golden_large):
     decoder = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 1)
-    assert decoder.plan(2, 24, 32).tile is None  # fits DEFAULT_TILE: the whole-image graph
+    assert decoder.plan(2, 24, 32).tile is None  # within WHOLE_GRAPH_SIDE: the whole graph
     assert decoder.plan(2, 24, 32, tile=32).tile is None
     t8, t4 = decoder.plan(2, 24, 32, tile=8), decoder.plan(2, 24, 32, tile=4)
     assert t8.buffer_bytes == t4.buffer_bytes and t4.tile_bytes < t8.tile_bytes
