@@ -184,27 +184,42 @@ def _memory_child(bundle: str, latent: int, tile: int, budget: str, engine: str,
                       "planned_peak_bytes": None if plan is None else plan.peak_bytes}))
 
 
-def memory(bundle: Path, threads: int, big: bool) -> List[Dict]:
+def memory(bundle: Path, threads: int, big: bool, repeat: int) -> List[Dict]:
+    """Each configuration `repeat` times, in fresh processes, the configurations interleaved
+    (so machine noise hits them alike); rows hold the median time and the largest peak."""
     # (image, latent, tile (0: the plan's choice), budget GiB, engine); tile 64 = untiled.
     runs = [("1024x1024", 64, 64, "", "onnxruntime"),
+            ("1024x1024", 64, 0, "", "onnxruntime"),
             ("1024x1024", 64, 16, "", "onnxruntime"),
-            ("1024x1024", 64, 8, "", "onnxruntime"),
-            ("1024x1024", 64, 8, "0.75", "onnxruntime"),  # fp32 buffers do not fit: fp16
+            ("1024x1024", 64, 0, "0.5", "onnxruntime"),
             ("1024x1024", 64, 0, "", "torch")]
+    results: Dict[int, List[Dict]] = {i: [] for i in range(len(runs))}
+    for _ in range(repeat):
+        for i, (label, latent, tile, budget, engine) in enumerate(runs):
+            out = subprocess.run([sys.executable, __file__, "--child", str(bundle), str(latent),
+                                  str(tile), budget, engine, str(threads)],
+                                 check=True, capture_output=True, text=True, cwd=ROOT)
+            results[i].append(json.loads(out.stdout.strip().splitlines()[-1]))
     if big:
         runs.append(("2048x2048", 128, 0, "8", "onnxruntime"))
-    rows = []
-    for label, latent, tile, budget, engine in runs:
-        out = subprocess.run([sys.executable, __file__, "--child", str(bundle), str(latent),
-                              str(tile), budget, engine, str(threads)],
+        out = subprocess.run([sys.executable, __file__, "--child", str(bundle), "128", "0", "8",
+                              "onnxruntime", str(threads)],
                              check=True, capture_output=True, text=True, cwd=ROOT)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        results[len(runs) - 1] = [json.loads(out.stdout.strip().splitlines()[-1])]
+    rows = []
+    for i, (label, latent, tile, budget, engine) in enumerate(runs):
+        runs_of = results[i]
+        result = dict(runs_of[0])
         result.update({"image": label, "engine": engine, "budget_gib": budget or None,
-                       "requested_tile": tile or None})
+                       "requested_tile": tile or None, "runs": len(runs_of),
+                       "seconds": statistics.median(r["seconds"] for r in runs_of),
+                       "seconds_each": [r["seconds"] for r in runs_of],
+                       "peak_growth_bytes": max(r["peak_growth_bytes"] for r in runs_of),
+                       "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs_of)})
         rows.append(result)
         print(f"{label} {engine:11s} tile {result['tile']} {result['storage']} budget "
-              f"{budget or '-'}: {result['seconds']:7.1f} s, peak growth "
-              f"{result['peak_growth_bytes'] / 2 ** 30:6.2f} GiB (planned "
+              f"{budget or '-'}: {result['seconds']:7.1f} s (median of {len(runs_of)}), peak "
+              f"growth {result['peak_growth_bytes'] / 2 ** 30:6.2f} GiB (planned "
               f"{(result['planned_peak_bytes'] or 0) / 2 ** 30:.2f}; peak RSS "
               f"{result['peak_rss_bytes'] / 2 ** 30:.2f} GiB)", flush=True)
     return rows
@@ -218,6 +233,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-repeat", type=int, default=3,
+                        help="fresh-process runs of each memory configuration, interleaved")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip", default="", help="comma-separated: speed, memory, 2048")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/decoder.json")
@@ -231,7 +248,7 @@ def main() -> None:
         doc["speed"] = speed(bundle, [int(s) for s in args.sizes.split(",")], args.repeat,
                              args.threads)
     if "memory" not in skip:
-        doc["memory"] = memory(bundle, args.threads, "2048" not in skip)
+        doc["memory"] = memory(bundle, args.threads, "2048" not in skip, args.memory_repeat)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -1,4 +1,4 @@
-"""Exact tiled decoding: code indices of any size to images within a memory budget.
+"""Tiled decoding: code indices of any size to images within a memory budget.
 
 The bundle's tiled decoder (export/onnx_tiled_decoder.py) is a program of steps over named
 whole-image buffers. This module runs it: each conv step streams its input buffer through its
@@ -7,11 +7,13 @@ leaves the image) and writes the tile's core into the output buffer. GroupNorm s
 merged over all tiles of the buffer they normalise (per-channel means and sums of squared
 deviations, combined in float64 by Chan's parallel formula, then over each group), and each
 attention block runs on the whole latent in query chunks, so no tile boundary changes a sum
-that matters: tiled equals untiled up to rounding, seams included.
+that matters: tiled equals untiled up to rounding (fp16 storage between steps included),
+seams included.
 
 Memory: a step holds its input and output buffers whole (at most about two image-sized buffers
-of the widest full-resolution level) plus one tile's temporaries; `plan()` sizes the tile from
-a budget and refuses, before allocating, a request whose buffers alone do not fit.
+of the widest full-resolution level, in fp16: the step graphs read and write fp16 and compute
+in fp32) plus one tile's temporaries; `plan()` sizes the tile from a budget and refuses, before
+allocating, a request whose buffers alone do not fit.
 This module never imports torch.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from vqrt.runtime.params import RequestError
 from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 from vqrt.runtime.strict_json import loads_strict
 
-FORMAT = "vqrt-tiled-decoder-1"
+FORMAT = "vqrt-tiled-decoder-2"
 WHOLE_GRAPH_SIDE = 32  # latents up to this side decode as one graph unless a tile is asked for
 WHOLE_GRAPH_BUFFERS = 5  # the whole-image graph's peak over its largest activation (4.1x at
 # 1024x1024, 4.8x at 2048x2048 with ONNX Runtime; benchmarks/decoder_bench.py)
@@ -42,6 +44,8 @@ TILE_CHOICES = (256, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # tried largest fir
 TILE_TENSOR_LIMIT = 16 << 20
 ATTENTION_CHUNK = 1024  # queries per attention chunk: [chunk, N] scores, never [N, N]
 FLOAT = 4  # bytes
+STORAGE = np.dtype(np.float16)  # of the whole-image buffers between tile steps (the graphs' I/O)
+FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class TilePlan:
     # Tile side in latent positions (a level of scale s has tiles of tile * s); None: the
     # whole-image graph (decoder.onnx), the same sums with fewer graph boundaries.
     tile: Optional[int]
-    storage: np.dtype  # of the whole-image buffers: float32, or float16 to fit a budget
+    storage: np.dtype  # of the whole-image buffers: float16 (STORAGE) when tiled
     buffer_bytes: int  # the most whole-image buffer bytes alive at once
     tile_bytes: int  # the most per-tile temporary bytes of any step (an estimate)
 
@@ -301,11 +305,9 @@ class TiledDecoder:
                 shapes[step.output] = (batch, step.out_channels, height * scale, width * scale)
         return shapes
 
-    def _buffer_bytes(self, shapes, storage: np.dtype) -> int:
+    def _buffer_bytes(self, shapes) -> int:
         """The most whole-image buffer bytes alive at once while the program runs."""
-        size = {name: math.prod(shape) * (FLOAT if name == self.codes_buffer
-                                          else storage.itemsize)
-                for name, shape in shapes.items()}
+        size = {name: math.prod(shape) * STORAGE.itemsize for name, shape in shapes.items()}
         live, peak = {self.codes_buffer}, size[self.codes_buffer]
         for i, step in enumerate(self.steps):
             live.add(step.output)
@@ -360,9 +362,8 @@ class TiledDecoder:
         """How to decode a latent h x w: the whole-image graph when it is asked for (a tile
         covering the latent) or fits (no tile given: latents up to WHOLE_GRAPH_SIDE, or
         within max_memory bytes), else tiles of `tile`, or of the fastest size (_fast_tile)
-        or the largest smaller one that fits max_memory with fp32 buffers, then with fp16
-        buffers. Raises RequestError, before anything is allocated, when nothing fits the
-        budget."""
+        or the largest smaller one that fits max_memory. Raises RequestError, before anything
+        is allocated, when nothing fits the budget."""
         if tile is not None and tile < 1:
             raise RequestError(f"tile must be at least 1 latent position, got {tile}")
         shapes = self._shapes(batch, h, w)
@@ -373,26 +374,22 @@ class TiledDecoder:
             return whole
         fast = self._fast_tile(shapes, h, side)
         if tile is None and max_memory is None:
-            return whole if side <= WHOLE_GRAPH_SIDE else self._tiled(shapes, h, fast,
-                                                                      np.float32)
+            return whole if side <= WHOLE_GRAPH_SIDE else self._tiled(shapes, h, fast)
         if tile is None and whole.peak_bytes <= max_memory:
             return whole
         candidates = [tile] if tile is not None else [t for t in TILE_CHOICES if t <= fast]
-        for storage in (np.float32, np.float16):
-            for t in candidates:
-                result = self._tiled(shapes, h, min(t, side), storage)
-                if max_memory is None or result.peak_bytes <= max_memory:
-                    return result
+        for t in candidates:
+            result = self._tiled(shapes, h, min(t, side))
+            if max_memory is None or result.peak_bytes <= max_memory:
+                return result
         hint = "use a smaller --tile or a larger budget" if tile is not None else (
             "decode a smaller image or fewer images at once, or raise the budget")
         raise RequestError(f"decoding a {h}x{w} latent (batch {batch}) needs at least "
-                           f"{_mib(result.peak_bytes)} with tile {result.tile} and fp16 "
-                           f"buffers, over --max-memory {_mib(max_memory)}: {hint}")
+                           f"{_mib(result.peak_bytes)} with tile {result.tile}, over "
+                           f"--max-memory {_mib(max_memory)}: {hint}")
 
-    def _tiled(self, shapes, h: int, tile: int, storage) -> TilePlan:
-        storage = np.dtype(storage)
-        return TilePlan(tile, storage, self._buffer_bytes(shapes, storage),
-                        self._tile_bytes(shapes, h, tile))
+    def _tiled(self, shapes, h: int, tile: int) -> TilePlan:
+        return TilePlan(tile, STORAGE, self._buffer_bytes(shapes), self._tile_bytes(shapes, h, tile))
 
     # --- decoding ------------------------------------------------------------------------------
 
@@ -404,22 +401,22 @@ class TiledDecoder:
         if plan.tile is None:
             return self._whole.run({"indices": codes})[0]
         codebook = self.tensors["codebook"]
-        buffers = {self.codes_buffer: np.ascontiguousarray(codebook[codes].transpose(0, 3, 1, 2))}
+        buffers = {self.codes_buffer: np.ascontiguousarray(
+            codebook[codes].transpose(0, 3, 1, 2), STORAGE)}
         stats: Dict[str, _Stats] = {}
         for i, step in enumerate(self.steps):
             if isinstance(step, AttentionStep):
-                buffers[step.output] = _attention(buffers[step.input], step.channels,
-                                                  plan.storage)
+                buffers[step.output] = _attention(buffers[step.input], step.channels, STORAGE)
             else:
                 self._conv(step, buffers, stats, plan.tile * buffers[step.input].shape[2] // h,
-                           plan.storage)
+                           max(h, w))
             for name in [n for n in buffers if self.last_use.get(n, len(self.steps)) <= i]:
                 del buffers[name]
                 stats.pop(name, None)
         return buffers[self.image_buffer].astype(np.float32, copy=False)
 
     def _conv(self, step: ConvStep, buffers: Dict[str, np.ndarray], stats: Dict[str, _Stats],
-              tile: int, storage: np.dtype) -> None:
+              tile: int, latent_side: int) -> None:
         """Runs one conv step over its input in tiles of tile x tile input positions."""
         x = buffers[step.input]
         batch, _, height, width = x.shape
@@ -427,7 +424,7 @@ class TiledDecoder:
         if step.output in buffers:  # a residual written over its own skip buffer
             out = buffers[step.output]
         else:
-            out = np.empty((batch, step.out_channels, height * scale, width * scale), storage)
+            out = np.empty((batch, step.out_channels, height * scale, width * scale), STORAGE)
         feeds: Dict[str, np.ndarray] = {}
         if step.norm is not None:
             feeds["scale"], feeds["shift"] = stats[step.input].group_affine(
@@ -442,7 +439,7 @@ class TiledDecoder:
                 x1 = min(x0 + tile, width)
                 top, left = max(y0 - halo, 0), max(x0 - halo, 0)
                 bottom, right = min(y1 + halo, height), min(x1 + halo, width)
-                feeds["x"] = np.ascontiguousarray(x[:, :, top:bottom, left:right], np.float32)
+                feeds["x"] = np.ascontiguousarray(x[:, :, top:bottom, left:right])
                 if halo:
                     feeds["pads"] = np.array([0, 0, halo - (y0 - top), halo - (x0 - left),
                                               0, 0, halo - (bottom - y1), halo - (right - x1)],
@@ -450,8 +447,14 @@ class TiledDecoder:
                 core = (slice(None), slice(None), slice(y0 * scale, y1 * scale),
                         slice(x0 * scale, x1 * scale))
                 if step.skip is not None:
-                    feeds["skip"] = np.ascontiguousarray(buffers[step.skip][core], np.float32)
+                    feeds["skip"] = np.ascontiguousarray(buffers[step.skip][core])
                 y, mean, m2 = runner.run(feeds)
+                # max |y| <= |mean| + sqrt(m2) per channel: only near the fp16 range is y read.
+                if (np.abs(mean) + np.sqrt(m2) >= FP16_MAX).any() and not np.isfinite(y).all():
+                    raise RequestError(
+                        f"the image decoder's activations after {step.name} exceed the fp16 "
+                        "range of tiled decoding; decode this image as one graph (--tile "
+                        f"{latent_side} or more, with --max-memory large enough)")
                 out[core] = y
                 merged.add(y.shape[2] * y.shape[3], mean, m2)
         buffers[step.output] = out

@@ -59,10 +59,12 @@ def _check_tiles(bundle: Path, codes: np.ndarray, tiles) -> None:
         tiled = decoder.decode(codes, tile=tile)
         assert tiled.shape == reference.shape
         pixel_diff = np.abs(to_pixels(tiled).astype(int) - to_pixels(reference)).max()
-        assert _pixel_psnr(tiled, reference) >= 45.0, tile
+        assert _pixel_psnr(tiled, reference) >= 45.0, tile  # the issue's acceptance
         assert pixel_diff <= 2, (tile, pixel_diff)
-        # Rounding only: the raw outputs agree far inside one pixel level (2/255 ~ 8e-3).
-        assert np.abs(tiled - reference).max() < 1e-3, tile
+        # Rounding only (the fp16 buffers between steps: 59.5 dB on golden, 64 dB on the
+        # demo model, at most one pixel level apart); a seam or a wrong statistic costs far
+        # more.
+        assert _pixel_psnr(tiled, reference) >= 55.0, tile
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,7 @@ def test_default_tile_keeps_tile_tensors_within_the_allocation_limit(golden_larg
     assert decoder.plan(1, 48, 48).tile == 8
     assert decoder.plan(1, 48, 48, max_memory=2 ** 40).tile is None  # the whole graph fits
     planned = decoder.plan(1, 48, 48, max_memory=decoder.plan(1, 48, 48, tile=8).peak_bytes)
-    assert planned.tile == 8 and planned.storage == np.float32
+    assert planned.tile == 8 and planned.storage == np.float16
 
 
 def test_golden_tiled_equals_untiled_on_real_latents(golden_large):
@@ -101,12 +103,21 @@ def test_golden_tiled_equals_untiled_on_real_latents(golden_large):
     _check_tiles(golden_large, codes, (32, 16, 5, 1))
 
 
-def test_chunked_attention_equals_one_chunk(golden_large, monkeypatch):
-    codes = _real_codes(golden_large, 256, 192, 1)
-    whole = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 2).decode(codes, tile=16)
+def test_chunked_attention_equals_one_chunk(monkeypatch):
+    """Softmax rows are whole in every chunk, so chunking the queries changes nothing but the
+    order of fp32 sums (checked on fp32 outputs: fp16 storage would hide or magnify it)."""
+    qkv = np.random.default_rng(0).standard_normal((2, 3 * 16, 24, 32)).astype(np.float32)
+    monkeypatch.setattr(tiled_decode, "ATTENTION_CHUNK", 768)  # one chunk
+    whole = tiled_decode._attention(qkv, 16, np.float32)
     monkeypatch.setattr(tiled_decode, "ATTENTION_CHUNK", 7)  # 768 queries in chunks of 7
-    chunked = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 2).decode(codes, tile=16)
+    chunked = tiled_decode._attention(qkv, 16, np.float32)
+    q, k, v = (qkv.reshape(2, 3, 16, 768)[:, i].astype(np.float64) for i in range(3))
+    scores = np.einsum("bcn,bcm->bnm", q, k)
+    weights = np.exp(scores - scores.max(axis=2, keepdims=True))
+    weights /= weights.sum(axis=2, keepdims=True)
+    expected = np.einsum("bnm,bcm->bcn", weights, v).reshape(2, 16, 24, 32)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    np.testing.assert_allclose(chunked, expected, atol=1e-4)
 
 
 def test_demo_vqgan_tiled_equals_untiled_on_real_latents(tmp_path):
@@ -146,32 +157,32 @@ def test_memory_plan_picks_a_tile_that_fits_and_refuses_what_cannot(golden_large
     assert decoder.plan(2, 24, 32, tile=32).tile is None
     t8, t4 = decoder.plan(2, 24, 32, tile=8), decoder.plan(2, 24, 32, tile=4)
     assert t8.buffer_bytes == t4.buffer_bytes and t4.tile_bytes < t8.tile_bytes
-    assert t8.storage == np.float32
+    assert t8.storage == np.float16
     chosen = decoder.plan(2, 24, 32, max_memory=t4.peak_bytes + 1)
     assert chosen.peak_bytes <= t4.peak_bytes + 1 and chosen.tile >= 4
-    # A budget below every fp32 plan but above the fp16 buffers: half-precision buffers.
-    smallest_fp32 = decoder.plan(2, 24, 32, tile=1)
-    half = decoder.plan(2, 24, 32, max_memory=smallest_fp32.peak_bytes - 1)
-    assert half.storage == np.float16 and half.buffer_bytes < smallest_fp32.buffer_bytes
     with pytest.raises(RequestError, match=r"over --max-memory .*decode a smaller image"):
-        decoder.plan(2, 24, 32, max_memory=half.buffer_bytes // 2)
+        decoder.plan(2, 24, 32, max_memory=t4.buffer_bytes // 2)
     with pytest.raises(RequestError, match="use a smaller --tile"):
         decoder.plan(2, 24, 32, tile=8, max_memory=t4.buffer_bytes // 2)
     with pytest.raises(RequestError, match="tile must be at least 1"):
         decoder.plan(2, 24, 32, tile=0)
 
 
-def test_fp16_buffers_stay_within_the_tiling_tolerance(golden_large):
-    """Half-precision whole-image buffers (what a tight --max-memory chooses) round every
-    activation once more; the image still meets the tiled-vs-untiled acceptance."""
-    codes = _real_codes(golden_large, 256, 192, 2)
-    decoder = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 2)
-    budget = decoder.plan(2, 24, 32, tile=5).peak_bytes - 1  # fp32 buffers no longer fit
-    assert decoder.plan(2, 24, 32, tile=5, max_memory=budget).storage == np.float16
-    tiled, reference = decoder.decode(codes, 5, budget), _untiled(golden_large, codes)
-    assert tiled.dtype == np.float32
-    assert _pixel_psnr(tiled, reference) >= 45.0
-    assert np.abs(to_pixels(tiled).astype(int) - to_pixels(reference)).max() <= 2
+def test_fp16_overflow_is_a_clear_error(golden_large, monkeypatch):
+    """Activations beyond fp16's range cannot be stored between tile steps: one line saying
+    so and how to decode anyway, not an image of inf."""
+    codes = _real_codes(golden_large, 256, 192, 1)
+    decoder = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 1)
+    runner = decoder.runners["decoder.conv_in"]
+    real_run = runner.run
+
+    def blown_up(feeds):
+        y, mean, m2 = real_run(feeds)
+        return np.full_like(y, np.inf), mean, m2 + np.float32(1e10)
+    monkeypatch.setattr(runner, "run", blown_up)
+    with pytest.raises(RequestError, match=r"after decoder.conv_in exceed the fp16 range of "
+                                           r"tiled decoding; .*--tile 32 or more"):
+        decoder.decode(codes, tile=8)
 
 
 def test_phase_weights_equal_upsample_then_conv():
@@ -198,8 +209,9 @@ def test_cli_decode_tiles_and_memory_budget(golden_large, tmp_path, capsys):
         assert main(["decode", str(golden_large), "--tokens", str(tokens), "-o", str(out),
                      *option]) == 0
         outputs.append(np.load(out))
-    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
-    np.testing.assert_allclose(outputs[2], outputs[1], atol=1e-5)
+    # --tile 3 and the 64M budget tile (fp16 buffers); --tile 32 covers the latent: whole.
+    assert _pixel_psnr(outputs[0], outputs[1]) >= 55.0
+    assert _pixel_psnr(outputs[2], outputs[1]) >= 55.0
     capsys.readouterr()
     for option, message in ((["--max-memory", "100K"], "over --max-memory 100 KiB"),
                             (["--max-memory", "lots"], "--max-memory must be a positive size"),
