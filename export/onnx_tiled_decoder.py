@@ -27,7 +27,7 @@ One conv step is one ONNX graph (weights as external data, shared file):
   y = [skip or nin_shortcut(skip) +] conv(pad(swish(x * scale + shift)))
 
 The whole-image buffers between steps are fp16: half the memory of fp32, at one fp16 rounding of
-each stored activation (tiled against whole stays >= 45 dB, tested), and the graphs convert at
+each stored activation (tiled against whole stays >= 55 dB, tested), and the graphs convert at
 their edges, inside the engine, where it is several times cheaper than numpy's conversion
 (1024x1024, ImageNet-sized decoder: 29.6 s against 39.6 s with numpy converting fp32 graph
 inputs and outputs; BENCHMARKS.md). Everything inside a step computes in fp32.

@@ -5,10 +5,11 @@ In the staging directory the fp32 encoder and decoder graphs (already written by
 replaced by their int8 QDQ versions under the same names, and the tiled decoder's step graphs
 by QDQ versions with the whole-image decoder's activation scales, so the runtime opens
 `graphs.decoder` and the tiles as always and ONNX Runtime runs them with integer kernels: one
-reader, no precision switch at run time. The graph's manifest entry says precision int8; `quantization.graphs` names its
-calibration cache (calibration/<graph>_ranges.json, in the file list with its SHA-256) and what
-stayed fp32. The fp32 graphs live only in a temporary directory, as the reference of the
-quality report (calibration/quality.py), which runs on the held-out images.
+reader, no precision switch at run time. The graph's manifest entry says precision int8;
+`quantization.graphs` names its calibration cache (calibration/<graph>_ranges.json, in the file
+list with its SHA-256) and what stayed fp32. The fp32 graphs live only in a temporary
+directory, as the reference of the quality report (calibration/quality.py), which runs on the
+held-out images.
 """
 from __future__ import annotations
 

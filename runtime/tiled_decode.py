@@ -389,7 +389,8 @@ class TiledDecoder:
                            f"--max-memory {_mib(max_memory)}: {hint}")
 
     def _tiled(self, shapes, h: int, tile: int) -> TilePlan:
-        return TilePlan(tile, STORAGE, self._buffer_bytes(shapes), self._tile_bytes(shapes, h, tile))
+        return TilePlan(tile, STORAGE, self._buffer_bytes(shapes),
+                        self._tile_bytes(shapes, h, tile))
 
     # --- decoding ------------------------------------------------------------------------------
 
