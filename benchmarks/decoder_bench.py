@@ -179,7 +179,7 @@ def _memory_child(bundle: str, latent: int, tile: int, budget: str, engine: str,
     after = _status_bytes("VmHWM")
     print(json.dumps({"seconds": elapsed, "peak_growth_bytes": after - before,
                       "peak_rss_bytes": after,
-                      "tile": None if plan is None else plan.tile,
+                      "plan": "torch" if plan is None else plan.describe(),
                       "storage": None if plan is None else plan.storage.name,
                       "planned_peak_bytes": None if plan is None else plan.peak_bytes}))
 
@@ -217,7 +217,7 @@ def memory(bundle: Path, threads: int, big: bool, repeat: int) -> List[Dict]:
                        "peak_growth_bytes": max(r["peak_growth_bytes"] for r in runs_of),
                        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs_of)})
         rows.append(result)
-        print(f"{label} {engine:11s} tile {result['tile']} {result['storage']} budget "
+        print(f"{label} {engine:11s} {result['plan']}, {result['storage']} buffers, budget "
               f"{budget or '-'}: {result['seconds']:7.1f} s (median of {len(runs_of)}), peak "
               f"growth {result['peak_growth_bytes'] / 2 ** 30:6.2f} GiB (planned "
               f"{(result['planned_peak_bytes'] or 0) / 2 ** 30:.2f}; peak RSS "

@@ -70,8 +70,7 @@ def _measure(decoders: Dict[str, TiledDecoder], codes: np.ndarray, tile, repeats
     plan = next(iter(decoders.values())).plan(batch, h, w, tile)
     reference = outputs["onnxruntime fp32"]
     return {
-        "plan": "whole-image graph" if plan.tile is None else
-                f"tiles of {plan.tile} latent positions, {plan.storage} buffers",
+        "plan": plan.describe() + ("" if plan.tiles is None else f", {plan.storage} buffers"),
         "repeats": repeats,
         "median_s": {k: statistics.median(v) for k, v in times.items()},
         "p10_s": {k: float(np.percentile(v, 10)) for k, v in times.items()},

@@ -179,8 +179,8 @@ class Generator:
         num_threads: threads of the native decoder, the sampler and ONNX Runtime's intra-op
             pool; 0 = their defaults (one per core). Never changes the tokens.
         tile: the image decoder's tile side in latent positions (None: the whole image up to
-            a latent of runtime.tiled_decode.WHOLE_GRAPH_SIDE or within max_memory, else the
-            fastest tile that fits, TiledDecoder.plan). Never changes the image beyond
+            a latent of runtime.tiled_decode.WHOLE_GRAPH_SIDE or within max_memory, else tiles
+            sized per layer to fit, TiledDecoder.plan). Never changes the image beyond
             rounding.
         max_memory: bytes the image decoder may use; a request that cannot fit fails in
             start() (or decode()) before anything is allocated.

@@ -34,14 +34,19 @@ FORMAT = "vqrt-tiled-decoder-2"
 WHOLE_GRAPH_SIDE = 32  # latents up to this side decode as one graph unless a tile is asked for
 WHOLE_GRAPH_BUFFERS = 5  # the whole-image graph's peak over its largest activation (4.1x at
 # 1024x1024, 4.8x at 2048x2048 with ONNX Runtime; benchmarks/decoder_bench.py)
-TILE_CHOICES = (256, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # tried largest first
-# The largest per-tile tensor (fp32 bytes) of the tiles the plan chooses by itself. Tile
-# sessions keep no arena (onnx_sessions.open_session), so each run allocates its temporaries
-# afresh, and glibc serves large blocks from fresh mmaps (always above 32 MiB), which every run
-# faults and zeroes again. ImageNet-sized decoder at 1024x1024, ONNX Runtime int8: tiles of 8
-# latent positions (8.6 MB tensors) 16.3 s, of 12 (19 MB) 19.8 s, of 32 (140 MB) 27.7 s
-# (BENCHMARKS.md).
-TILE_TENSOR_LIMIT = 16 << 20
+# Each conv step's tile when the plan chooses: the largest square whose widest fp32 tensor
+# (C x (p + 2)^2 x 4 bytes, C the wider of the step's input and output channels) stays within
+# this. The element-wise passes around each conv (affine, swish, pad, residual, statistics) then
+# stay in cache, and no block nears glibc's mmap threshold (tile sessions keep no arena, so
+# blocks above it are mapped and faulted anew on every run). ImageNet-sized decoder at
+# 1024x1024, ONNX Runtime fp32, single runs: 2 / 4 / 8 MiB 26.4 / 25.4 / 26.9 s; one tile of 8
+# latent positions for every step 27.3-28.2 s, of 32 46.3 s (BENCHMARKS.md).
+TILE_TENSOR_LIMIT = 4 << 20
+TENSOR_LIMITS = tuple(TILE_TENSOR_LIMIT >> k for k in range(10))  # tried in turn for a budget
+# Tile temporaries over one step's estimate: freed temporaries of earlier steps stay in glibc's
+# heaps (the engines' threads have their own), and steps' tiles differ in size, so the resident
+# set grows past one step's needs: 2.4x at 1024x1024 with per-step tiles (BENCHMARKS.md).
+TILE_HEAP_FACTOR = 3
 ATTENTION_CHUNK = 1024  # queries per attention chunk: [chunk, N] scores, never [N, N]
 FLOAT = 4  # bytes
 STORAGE = np.dtype(np.float16)  # of the whole-image buffers between tile steps (the graphs' I/O)
@@ -73,9 +78,9 @@ class AttentionStep:
 
 @dataclass(frozen=True)
 class TilePlan:
-    # Tile side in latent positions (a level of scale s has tiles of tile * s); None: the
+    # Each conv step's tile side in pixels of its input, in program order; None: the
     # whole-image graph (decoder.onnx), the same sums with fewer graph boundaries.
-    tile: Optional[int]
+    tiles: Optional[Tuple[int, ...]]
     storage: np.dtype  # of the whole-image buffers: float16 (STORAGE) when tiled
     buffer_bytes: int  # the most whole-image buffer bytes alive at once
     tile_bytes: int  # the most per-tile temporary bytes of any step (an estimate)
@@ -83,6 +88,12 @@ class TilePlan:
     @property
     def peak_bytes(self) -> int:
         return self.buffer_bytes + self.tile_bytes
+
+    def describe(self) -> str:
+        if self.tiles is None:
+            return "the whole-image graph"
+        low, high = min(self.tiles), max(self.tiles)
+        return f"tiles of {low} px" if low == high else f"tiles of {low}-{high} px"
 
 
 def _program_error(bundle: Bundle, what: str) -> BundleError:
@@ -315,24 +326,26 @@ class TiledDecoder:
             live -= {name for name in list(live) if self.last_use.get(name, len(self.steps)) <= i}
         return peak
 
-    def _tile_bytes(self, shapes, h: int, tile: int) -> int:
-        """An upper estimate of one tile's temporaries in the worst step: the fp32 tile and
-        skip copies, the engine's activations (affine, sigmoid, swish, padded), its unfolded
-        conv input (C_in k^2 per position), output and statistics temporaries. Checked against
-        measured peaks in benchmarks/decoder_bench.py."""
+    def _tile_bytes(self, shapes, tiles: Sequence[int]) -> int:
+        """An upper estimate of the tile temporaries of the worst step: an attention's chunk
+        of scores and its fp32 q, k, v, or TILE_HEAP_FACTOR x one conv tile's (the tile and
+        skip copies, the engine's activations: fp32 input, affine, sigmoid, swish, padded;
+        its unfolded conv input, C_in k^2 per position; output and statistics temporaries).
+        Checked against measured peaks in benchmarks/decoder_bench.py."""
         worst = 0
+        tile = iter(tiles)
         for step in self.steps:
             batch, c_in, height, width = shapes[step.input]
-            if isinstance(step, AttentionStep):
+            if isinstance(step, AttentionStep):  # a few large blocks, freed to the system
                 n = height * width
                 worst = max(worst, FLOAT * batch * (min(n, ATTENTION_CHUNK) * n * 2
                                                    + 3 * step.channels * n * 2))
                 continue
-            scale = height // h
-            pixels = (min(height, tile * scale) + 2) * (min(width, tile * scale) + 2)
+            side = next(tile)
+            pixels = (min(height, side) + 2) * (min(width, side) + 2)
             c_out = step.out_channels * (4 if step.upsample else 1)
-            worst = max(worst, FLOAT * batch * pixels * (5 * c_in + c_in * step.kernel ** 2
-                                                         + 6 * c_out))
+            worst = max(worst, TILE_HEAP_FACTOR * FLOAT * batch * pixels * (
+                5 * c_in + c_in * step.kernel ** 2 + 6 * c_out))
         return worst
 
     def _whole_bytes(self, shapes) -> int:
@@ -340,30 +353,30 @@ class TiledDecoder:
         buffer."""
         return WHOLE_GRAPH_BUFFERS * FLOAT * max(math.prod(s) for s in shapes.values())
 
-    def _fast_tile(self, shapes, h: int, side: int) -> int:
-        """The largest tile (of TILE_CHOICES, at most the latent's side) whose largest per-tile
-        tensor, fp32, stays within TILE_TENSOR_LIMIT."""
-        def largest_tensor(tile: int) -> int:
-            worst = 0
-            for step in self.steps:
-                if isinstance(step, AttentionStep):
-                    continue
-                batch, c_in, height, width = shapes[step.input]
-                scale = height // h
-                pixels = (min(height, tile * scale) + 2) * (min(width, tile * scale) + 2)
+    def _step_tiles(self, shapes, h: int, tile: Optional[int] = None,
+                    limit: int = TILE_TENSOR_LIMIT) -> Tuple[int, ...]:
+        """Each conv step's tile side in its input pixels: `tile` latent positions (tile * s
+        at a level of scale s), or the largest whose widest fp32 tensor fits `limit` bytes."""
+        tiles = []
+        for step in self.steps:
+            if isinstance(step, AttentionStep):
+                continue
+            batch, c_in, height, width = shapes[step.input]
+            if tile is not None:
+                side = tile * (height // h)
+            else:
                 channels = max(c_in, step.out_channels * (4 if step.upsample else 1))
-                worst = max(worst, FLOAT * batch * channels * pixels)
-            return worst
-        fits = [t for t in TILE_CHOICES if t <= side and largest_tensor(t) <= TILE_TENSOR_LIMIT]
-        return max(fits, default=min(TILE_CHOICES))
+                side = math.isqrt(limit // (FLOAT * batch * channels)) - 2
+            tiles.append(max(1, min(side, max(height, width))))
+        return tuple(tiles)
 
     def plan(self, batch: int, h: int, w: int, tile: Optional[int] = None,
              max_memory: Optional[int] = None) -> TilePlan:
         """How to decode a latent h x w: the whole-image graph when it is asked for (a tile
         covering the latent) or fits (no tile given: latents up to WHOLE_GRAPH_SIDE, or
-        within max_memory bytes), else tiles of `tile`, or of the fastest size (_fast_tile)
-        or the largest smaller one that fits max_memory. Raises RequestError, before anything
-        is allocated, when nothing fits the budget."""
+        within max_memory bytes), else tiles of `tile` latent positions, or each step's
+        tiles sized by TILE_TENSOR_LIMIT, or by the largest of TENSOR_LIMITS that fits
+        max_memory. Raises RequestError, before anything is allocated, when nothing fits."""
         if tile is not None and tile < 1:
             raise RequestError(f"tile must be at least 1 latent position, got {tile}")
         shapes = self._shapes(batch, h, w)
@@ -372,25 +385,26 @@ class TiledDecoder:
         if tile is not None and tile >= side and (max_memory is None
                                                   or whole.peak_bytes <= max_memory):
             return whole
-        fast = self._fast_tile(shapes, h, side)
         if tile is None and max_memory is None:
-            return whole if side <= WHOLE_GRAPH_SIDE else self._tiled(shapes, h, fast)
+            return whole if side <= WHOLE_GRAPH_SIDE else self._tiled(
+                shapes, self._step_tiles(shapes, h))
         if tile is None and whole.peak_bytes <= max_memory:
             return whole
-        candidates = [tile] if tile is not None else [t for t in TILE_CHOICES if t <= fast]
-        for t in candidates:
-            result = self._tiled(shapes, h, min(t, side))
+        candidates = ([self._step_tiles(shapes, h, tile)] if tile is not None else
+                      [self._step_tiles(shapes, h, limit=limit) for limit in TENSOR_LIMITS])
+        for tiles in candidates:
+            result = self._tiled(shapes, tiles)
             if max_memory is None or result.peak_bytes <= max_memory:
                 return result
         hint = "use a smaller --tile or a larger budget" if tile is not None else (
             "decode a smaller image or fewer images at once, or raise the budget")
         raise RequestError(f"decoding a {h}x{w} latent (batch {batch}) needs at least "
-                           f"{_mib(result.peak_bytes)} with tile {result.tile}, over "
+                           f"{_mib(result.peak_bytes)} with {result.describe()}, over "
                            f"--max-memory {_mib(max_memory)}: {hint}")
 
-    def _tiled(self, shapes, h: int, tile: int) -> TilePlan:
-        return TilePlan(tile, STORAGE, self._buffer_bytes(shapes),
-                        self._tile_bytes(shapes, h, tile))
+    def _tiled(self, shapes, tiles: Tuple[int, ...]) -> TilePlan:
+        return TilePlan(tiles, STORAGE, self._buffer_bytes(shapes),
+                        self._tile_bytes(shapes, tiles))
 
     # --- decoding ------------------------------------------------------------------------------
 
@@ -399,18 +413,18 @@ class TiledDecoder:
         """codes int64 [B, h, w] (checked by the caller) -> float32 [B, C, h*f, w*f]."""
         batch, h, w = codes.shape
         plan = self.plan(batch, h, w, tile, max_memory)
-        if plan.tile is None:
+        if plan.tiles is None:
             return self._whole.run({"indices": codes})[0]
         codebook = self.tensors["codebook"]
         buffers = {self.codes_buffer: np.ascontiguousarray(
             codebook[codes].transpose(0, 3, 1, 2), STORAGE)}
         stats: Dict[str, _Stats] = {}
+        tiles = iter(plan.tiles)
         for i, step in enumerate(self.steps):
             if isinstance(step, AttentionStep):
                 buffers[step.output] = _attention(buffers[step.input], step.channels, STORAGE)
             else:
-                self._conv(step, buffers, stats, plan.tile * buffers[step.input].shape[2] // h,
-                           max(h, w))
+                self._conv(step, buffers, stats, next(tiles), max(h, w))
             for name in [n for n in buffers if self.last_use.get(n, len(self.steps)) <= i]:
                 del buffers[name]
                 stats.pop(name, None)

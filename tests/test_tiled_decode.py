@@ -81,19 +81,26 @@ def golden_large(tmp_path_factory) -> Path:
     return out
 
 
-def test_default_tile_keeps_tile_tensors_within_the_allocation_limit(golden_large,
-                                                                       monkeypatch):
-    """Beyond WHOLE_GRAPH_SIDE the plan takes the largest tile whose biggest per-tile tensor
-    stays within TILE_TENSOR_LIMIT, and no budget ever gets a larger one."""
+def test_default_tiles_keep_each_steps_tensors_within_the_limit(golden_large):
+    """Beyond WHOLE_GRAPH_SIDE each conv step gets the largest tile whose widest fp32 tensor
+    fits TILE_TENSOR_LIMIT (or its whole input); a budget below that plan gets smaller tiles."""
     decoder = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 1)
-    # Golden's widest tensors: 64 channels at scale 8 (the first level, ch_mult 2):
-    # (8 t + 2)^2 x 64 x 4 bytes: 9.6 MB for tiles of 24, 17 MB for 32.
-    assert decoder.plan(1, 48, 48).tile == 24
-    monkeypatch.setattr(tiled_decode, "TILE_TENSOR_LIMIT", 64 * 66 * 66 * 4)
-    assert decoder.plan(1, 48, 48).tile == 8
-    assert decoder.plan(1, 48, 48, max_memory=2 ** 40).tile is None  # the whole graph fits
-    planned = decoder.plan(1, 48, 48, max_memory=decoder.plan(1, 48, 48, tile=8).peak_bytes)
-    assert planned.tile == 8 and planned.storage == np.float16
+    plan = decoder.plan(1, 48, 48)
+    steps = [step for step in decoder.steps if isinstance(step, tiled_decode.ConvStep)]
+    shapes = decoder._shapes(1, 48, 48)
+    assert plan.tiles is not None and len(plan.tiles) == len(steps)
+    limit = tiled_decode.TILE_TENSOR_LIMIT
+    for step, side in zip(steps, plan.tiles):
+        _, c_in, height, width = shapes[step.input]
+        widest = 4 * max(c_in, step.out_channels * (4 if step.upsample else 1))
+        assert widest * (side + 2) ** 2 <= limit or side == 1, step.name
+        assert side == max(height, width) or widest * (side + 3) ** 2 > limit, step.name
+    assert len(set(plan.tiles)) > 1  # wide low-resolution steps get smaller tiles
+    assert decoder.plan(1, 48, 48, max_memory=2 ** 40).tiles is None  # the whole graph fits
+    whole = decoder.plan(1, 48, 48, tile=48)
+    tighter = decoder.plan(1, 48, 48, max_memory=min(plan.peak_bytes, whole.peak_bytes) - 1)
+    assert tighter.peak_bytes < plan.peak_bytes and tighter.storage == np.float16
+    assert all(a <= b for a, b in zip(tighter.tiles, plan.tiles)) and tighter.tiles != plan.tiles
 
 
 def test_golden_tiled_equals_untiled_on_real_latents(golden_large):
@@ -153,13 +160,13 @@ def test_stats_merged_over_tiles_equal_whole_image_stats():
 
 def test_memory_plan_picks_a_tile_that_fits_and_refuses_what_cannot(golden_large):
     decoder = TiledDecoder(load_bundle(golden_large), CPU, "cpu", 1)
-    assert decoder.plan(2, 24, 32).tile is None  # within WHOLE_GRAPH_SIDE: the whole graph
-    assert decoder.plan(2, 24, 32, tile=32).tile is None
+    assert decoder.plan(2, 24, 32).tiles is None  # within WHOLE_GRAPH_SIDE: the whole graph
+    assert decoder.plan(2, 24, 32, tile=32).tiles is None
     t8, t4 = decoder.plan(2, 24, 32, tile=8), decoder.plan(2, 24, 32, tile=4)
     assert t8.buffer_bytes == t4.buffer_bytes and t4.tile_bytes < t8.tile_bytes
     assert t8.storage == np.float16
     chosen = decoder.plan(2, 24, 32, max_memory=t4.peak_bytes + 1)
-    assert chosen.peak_bytes <= t4.peak_bytes + 1 and chosen.tile >= 4
+    assert chosen.tiles is not None and chosen.peak_bytes <= t4.peak_bytes + 1
     with pytest.raises(RequestError, match=r"over --max-memory .*decode a smaller image"):
         decoder.plan(2, 24, 32, max_memory=t4.buffer_bytes // 2)
     with pytest.raises(RequestError, match="use a smaller --tile"):

@@ -111,7 +111,7 @@ def _decoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, metavar="N",
                         help="decode the image in tiles of N x N latent positions (exact at any "
                              "tile; default: latents up to 32 a side whole, larger ones in "
-                             "the fastest tiles, smaller ones where --max-memory says so)")
+                             "tiles sized per layer, smaller ones where --max-memory says so)")
     parser.add_argument("--max-memory", metavar="SIZE",
                         help="memory the image decoder may use, e.g. 2G; a request that cannot "
                              "fit is refused before anything is allocated")
