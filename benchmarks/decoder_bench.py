@@ -184,6 +184,15 @@ def _memory_child(bundle: str, latent: int, tile: int, budget: str, engine: str,
                       "planned_peak_bytes": None if plan is None else plan.peak_bytes}))
 
 
+def _run_child(bundle: Path, run, threads: int) -> Dict:
+    """One memory configuration (image, latent, tile, budget, engine) in a fresh process."""
+    _, latent, tile, budget, engine = run
+    out = subprocess.run([sys.executable, __file__, "--child", str(bundle), str(latent),
+                          str(tile), budget, engine, str(threads)],
+                         check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def memory(bundle: Path, threads: int, big: bool, repeat: int) -> List[Dict]:
     """Each configuration `repeat` times, in fresh processes, the configurations interleaved
     (so machine noise hits them alike); rows hold the median time and the largest peak."""
@@ -191,21 +200,15 @@ def memory(bundle: Path, threads: int, big: bool, repeat: int) -> List[Dict]:
     runs = [("1024x1024", 64, 64, "", "onnxruntime"),
             ("1024x1024", 64, 0, "", "onnxruntime"),
             ("1024x1024", 64, 16, "", "onnxruntime"),
-            ("1024x1024", 64, 0, "0.6", "onnxruntime"),  # tiles of 4 to fit
+            ("1024x1024", 64, 0, "0.6", "onnxruntime"),  # smaller tiles to fit
             ("1024x1024", 64, 0, "", "torch")]
     results: Dict[int, List[Dict]] = {i: [] for i in range(len(runs))}
     for _ in range(repeat):
-        for i, (label, latent, tile, budget, engine) in enumerate(runs):
-            out = subprocess.run([sys.executable, __file__, "--child", str(bundle), str(latent),
-                                  str(tile), budget, engine, str(threads)],
-                                 check=True, capture_output=True, text=True, cwd=ROOT)
-            results[i].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    if big:
+        for i, run in enumerate(runs):
+            results[i].append(_run_child(bundle, run, threads))
+    if big:  # once: two minutes
         runs.append(("2048x2048", 128, 0, "8", "onnxruntime"))
-        out = subprocess.run([sys.executable, __file__, "--child", str(bundle), "128", "0", "8",
-                              "onnxruntime", str(threads)],
-                             check=True, capture_output=True, text=True, cwd=ROOT)
-        results[len(runs) - 1] = [json.loads(out.stdout.strip().splitlines()[-1])]
+        results[len(runs) - 1] = [_run_child(bundle, runs[-1], threads)]
     rows = []
     for i, (label, latent, tile, budget, engine) in enumerate(runs):
         runs_of = results[i]
