@@ -66,12 +66,57 @@ def read_image(path: PathLike) -> np.ndarray:
     return _open(Path(path), ("RGB",), "a photo")
 
 
+# Depth maps as stored: 8- or 16-bit grayscale, 32-bit integer or float images, or upstream's
+# RGBA PNGs whose four bytes per pixel are one little-endian float32 (taming's rgba_to_depth).
+_DEPTH_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "F", "RGBA")
+
+
+def read_depth_map(path: PathLike) -> np.ndarray:
+    """A depth map file (PNG or TIFF of a _DEPTH_MODES mode, or .npy [H, W] / [1, H, W]) ->
+    float32 [H, W] in [-1, 1], scaled per map as upstream: 2 (d - min) / max(max - min, 1e-8) - 1
+    (a flat map is all -1). The trainer reads its depth maps here too, so a map means the same
+    to a model in training and in a bundle."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        depth = read_npy(path)
+        if depth.ndim == 3 and depth.shape[0] == 1:
+            depth = depth[0]
+        if depth.ndim != 2 or not (np.issubdtype(depth.dtype, np.floating)
+                                   or np.issubdtype(depth.dtype, np.integer)):
+            raise RequestError(f"{path}: a depth map .npy must be a real array [H, W] or "
+                               f"[1, H, W], got {depth.dtype} {list(depth.shape)}")
+    else:
+        Image, UnidentifiedImageError = _pil()
+        try:
+            with Image.open(path) as image:
+                if image.mode not in _DEPTH_MODES:
+                    raise RequestError(
+                        f"{path}: a depth map must be a grayscale (8/16/32-bit), float or "
+                        f"upstream RGBA-float image, got mode {image.mode}")
+                mode = image.mode
+                depth = np.array(image)
+        except FileNotFoundError:
+            raise RequestError(f"{path}: no such file") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise RequestError(f"{path}: not a readable image ({' '.join(str(e).split())})") \
+                from None
+        if mode == "RGBA":  # [H, W, 4] uint8 -> [H, W] float32, the bytes reinterpreted
+            depth = np.ascontiguousarray(depth).view("<f4")[..., 0]
+    depth = depth.astype(np.float64)
+    if not np.isfinite(depth).all():
+        raise RequestError(f"{path}: the depth map holds NaN or infinite values"
+                           + (" (an RGBA depth map must hold float32 depths, as upstream "
+                              "writes them)" if path.suffix.lower() != ".npy" else ""))
+    low, high = depth.min(), depth.max()
+    return (2.0 * (depth - low) / max(high - low, 1e-8) - 1.0).astype(np.float32)
+
+
 def read_cond_map(path: PathLike, conditioning: Conditioning) -> np.ndarray:
     """A condition map file -> float32 [1, C, H, W] for the cond_encoder graph (or coordinates).
 
     .npy: the array itself, [C, H, W] or [B, C, H, W]. Images, by the condition:
     segmentation: an 8-bit label map (mode L or P) -> one-hot over cond_channels labels;
-    one channel (depth): an 8-bit grayscale map -> [-1, 1] (coordinates: [0, 1]);
+    one channel (depth): read_depth_map (coordinates: an 8-bit map / 255, in [0, 1]);
     three channels: an RGB image -> [-1, 1].
     """
     path = Path(path)
@@ -91,8 +136,7 @@ def read_cond_map(path: PathLike, conditioning: Conditioning) -> np.ndarray:
     if conditioning.cond_stage_key == "segmentation":
         return segmentation_one_hot(_open(path, ("L", "P"), "a label map")[None], channels)
     if channels == 1:
-        gray = _open(path, ("L",), "a depth map").astype(np.float32)
-        return (gray / np.float32(127.5) - np.float32(1.0))[None, None]
+        return read_depth_map(path)[None, None]
     if channels == 3:
         rgb = read_image(path).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
         return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])

@@ -38,6 +38,13 @@ def segmentation_stage():
     return stage
 
 
+def depth_stage():
+    """Upstream's depth cond stage: a VQModel reading one channel."""
+    stage = copy.deepcopy(VQ)
+    stage["params"]["ddconfig"].update(in_channels=1, out_ch=1)
+    return stage
+
+
 def gumbel_config():
     cfg = config({"target": "taming.modules.util.SOSProvider", "params": {"sos_token": 70}})
     cfg["params"]["first_stage_config"]["target"] = "taming.models.vqgan.GumbelVQ"
@@ -50,6 +57,7 @@ CASES = {
                                    cond_stage_key="image"), "cond_encoder", 16),
     "segmentation": (config(segmentation_stage(), cond_stage_key="segmentation"),
                      "cond_encoder", 64),
+    "depth": (config(depth_stage(), cond_stage_key="depth"), "cond_encoder", 64),
     "coord": (config({"target": "taming.modules.misc.coord.CoordStage",
                       "params": {"n_embed": 64, "down_factor": 4}}, cond_stage_key="coord"),
               "coord", 16),

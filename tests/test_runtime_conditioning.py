@@ -1,5 +1,5 @@
 """Generator prefixes for every conditioning kind but class ids (tests/test_runtime_generate.py):
-unconditional (SOS), a segmentation map through the cond_encoder graph, an image through the
+unconditional (SOS), a segmentation or depth map through the cond_encoder graph, an image through the
 first stage as cond encoder (resized), coordinates. Greedy tokens of both backends against the
 torch model, on the tiny random bundles of tests/test_export_conditioning.py.
 
@@ -19,7 +19,8 @@ BATCH = 2
 
 
 @pytest.fixture(scope="module",
-                params=["unconditional", "segmentation", "first_stage_resized", "coord"])
+                params=["unconditional", "segmentation", "depth", "first_stage_resized",
+                        "coord"])
 def case(request, tmp_path_factory):
     """-> (name, bundle path, the condition for the Generator, torch's greedy tokens)."""
     name = request.param
@@ -44,6 +45,8 @@ def condition(name: str):
         cond = segmentation_one_hot(rng.integers(0, 5, (BATCH, 16, 16)), 5)
     elif name == "coord":
         cond = rng.uniform(0, 1, (BATCH, 1, 16, 16)).astype(np.float32)
+    elif name == "depth":
+        cond = rng.uniform(-1, 1, (BATCH, 1, 16, 16)).astype(np.float32)
     else:
         cond = rng.uniform(-1, 1, (BATCH, 3, 16, 16)).astype(np.float32)
     return cond, torch.from_numpy(cond)

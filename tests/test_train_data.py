@@ -5,11 +5,13 @@ reference."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from train_helpers import (
-    image_subset, needs_data, segmentation_subset, tiny_segmentation_config,
-    tiny_vqgan_config)
+    depth_subset, image_subset, needs_data, segmentation_subset, tiny_depth_config,
+    tiny_segmentation_config, tiny_vqgan_config)
 from vqrt.cli import main
+from vqrt.runtime.image_io import read_depth_map
 from vqrt.trainer.data import split
 from vqrt.trainer.evaluate import psnr, ssim
 
@@ -62,6 +64,52 @@ def test_label_at_or_above_n_labels(tmp_path, capsys):
     code = train_vqgan(tmp_path, data, "--n-labels", "10", config=config)
     first = sorted((data / "segmentations").iterdir())[0]
     assert_stops_naming(capsys, tmp_path, code, first.name, "is not below n_labels 10")
+
+
+@needs_data
+def test_depth_map_without_its_photo_and_of_another_size(tmp_path, capsys):
+    data = depth_subset(tmp_path / "depth", 4)
+    config = tiny_depth_config(tmp_path / "depth.yaml")
+    orphan = sorted((data / "images").iterdir())[0]
+    orphan.unlink()
+    code = train_vqgan(tmp_path, data, config=config)
+    assert_stops_naming(capsys, tmp_path, code, orphan.stem, "depth map without its photo")
+    resized = sorted((data / "depth").glob("*.png"))[-1]
+    Image.open(resized).resize((40, 30)).save(resized)
+    (data / "depth" / (orphan.stem + ".png")).unlink()
+    code = train_vqgan(tmp_path, data, config=config)
+    assert_stops_naming(capsys, tmp_path, code, resized.name, "depth map is 40x30")
+
+
+@needs_data
+def test_unusable_depth_maps(tmp_path, capsys):
+    data = depth_subset(tmp_path / "depth", 3)
+    config = tiny_depth_config(tmp_path / "depth.yaml")
+    color = sorted((data / "depth").glob("*.png"))[0]
+    Image.open(sorted((data / "images").iterdir())[0]).save(color)  # an RGB photo
+    code = train_vqgan(tmp_path, data, config=config)
+    assert_stops_naming(capsys, tmp_path, code, color.name, "got mode RGB")
+    nan = np.full((4, 4), np.nan, dtype="<f4").view(np.uint8).reshape(4, 4, 4)
+    Image.fromarray(nan).save(color)  # RGBA whose bytes are no float32 depths
+    code = train_vqgan(tmp_path, data, config=config)
+    assert_stops_naming(capsys, tmp_path, code, color.name, "NaN or infinite")
+
+
+def test_depth_maps_read_alike_in_every_format(tmp_path):
+    """read_depth_map (trainer and runtime): every format scales per map to [-1, 1] as
+    upstream, 2 (d - min) / (max - min) - 1; a flat map is all -1."""
+    depth = np.array([[1.5, 3.0], [6.0, 4.5]], dtype=np.float32)
+    expected = 2 * (depth - 1.5) / 4.5 - 1
+    Image.fromarray((depth * 1000).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray((depth * 40).astype(np.uint8)).save(tmp_path / "eight.png")
+    Image.fromarray(depth.astype("<f4").view(np.uint8).reshape(2, 2, 4)).save(
+        tmp_path / "rgba.png")
+    np.save(tmp_path / "plain.npy", depth)
+    for name in ("sixteen.png", "eight.png", "rgba.png", "plain.npy"):
+        np.testing.assert_allclose(read_depth_map(tmp_path / name), expected, atol=1e-6,
+                                   err_msg=name)
+    np.save(tmp_path / "flat.npy", np.full((3, 3), 7.0))
+    assert (read_depth_map(tmp_path / "flat.npy") == -1).all()
 
 
 def test_split_depends_on_names_only():

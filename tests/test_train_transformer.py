@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from train_helpers import (
-    assert_same_tensors, image_subset, metrics, needs_data, segmentation_subset,
-    tiny_segmentation_config, tiny_vqgan_config, weights)
+    assert_same_tensors, depth_subset, image_subset, metrics, needs_data, segmentation_subset,
+    tiny_depth_config, tiny_segmentation_config, tiny_vqgan_config, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 
@@ -99,6 +99,26 @@ def test_segmentation_conditioning(first_stage, tmp_path, capsys):
 
 
 @needs_data
-def test_depth_is_refused_with_a_reason(first_stage, tmp_path, capsys):
+def test_depth_conditioning(first_stage, tmp_path, capsys):
+    data = depth_subset(tmp_path / "depth", 6)
+    cond = tmp_path / "depth_stage"
+    assert main(["train", "vqgan", "--data", str(data), "--config",
+                 str(tiny_depth_config(tmp_path / "depth.yaml")), "--out", str(cond),
+                 "--steps", "4", "--batch-size", "4"]) == 0
+    run = tmp_path / "gpt"
+    assert train(first_stage, run, 4, "--cond", "depth", "--cond-stage", str(cond),
+                 data=data) == 0
+    loaded = load_checkpoint(run)
+    assert loaded.conditioning == "vq" and loaded.spec.raw["params"]["cond_stage_key"] == "depth"
+    assert loaded.model.cond_stage_model.cfg.ddconfig.in_channels == 1
+    assert loaded.transformer.cfg.block_size == 64 + 64  # 8 x 8 cond + 8 x 8 image tokens
+
+
+@needs_data
+def test_a_cond_stage_of_the_other_kind_is_refused(first_stage, tmp_path, capsys):
     assert train(first_stage, tmp_path / "gpt", 4, "--cond", "depth") == 2
-    assert "--cond depth is not supported yet" in capsys.readouterr().err
+    assert "--cond depth needs --cond-stage RUN" in capsys.readouterr().err
+    # The photo VQGAN is a VQModel too, but it reads photos, not depth maps.
+    assert train(first_stage, tmp_path / "gpt", 4, "--cond", "depth", "--cond-stage",
+                 str(first_stage[0])) == 2
+    assert "reads photos, not depth maps" in capsys.readouterr().err

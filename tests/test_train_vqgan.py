@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from train_helpers import (
-    DATA, assert_same_tensors, image_subset, metrics, needs_data, segmentation_subset,
-    tiny_segmentation_config, tiny_vqgan_config, weights)
+    DATA, assert_same_tensors, depth_subset, image_subset, metrics, needs_data,
+    segmentation_subset, tiny_depth_config, tiny_segmentation_config, tiny_vqgan_config, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
@@ -87,6 +87,31 @@ def test_segmentation_cond_stage(tmp_path, capsys):
     assert load_checkpoint(run).config.colorize_nlabels == 151
     assert main(["eval", "vqgan", str(run), "--data", str(data)]) == 0
     assert "pixel accuracy" in capsys.readouterr().out
+
+
+@needs_data
+def test_depth_cond_stage(tmp_path, capsys):
+    data = depth_subset(tmp_path / "depth", 6)
+    run = tmp_path / "depth_stage"
+    assert main(["train", "vqgan", "--data", str(data), "--config",
+                 str(tiny_depth_config(tmp_path / "depth.yaml")), "--out", str(run),
+                 "--steps", "40", "--batch-size", "4", "--lr", "1e-3", "--log-every", "10",
+                 "--sample-every", "40"]) == 0
+    l1 = metrics(run, "l1")
+    assert l1[-1] < 0.7 * l1[0], l1
+    assert "perceptual loss off" not in capsys.readouterr().out  # never on for depth
+    assert (run / "samples" / "step_0000040.png").is_file()
+    assert load_checkpoint(run).config.ddconfig.in_channels == 1
+    assert main(["eval", "vqgan", str(run), "--data", str(data)]) == 0
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_depth_config_needs_a_one_channel_discriminator(tmp_path, capsys):
+    config = tiny_depth_config(tmp_path / "depth.yaml")
+    config.write_text(config.read_text().replace("disc_in_channels: 1", "disc_in_channels: 3"))
+    assert main(["train", "vqgan", "--data", str(tmp_path), "--config", str(config), "--out",
+                 str(tmp_path / "run"), "--steps", "2"]) == 2
+    assert "disc_in_channels 3 must equal in_channels 1" in capsys.readouterr().err
 
 
 def test_discriminator_layout_matches_upstream():

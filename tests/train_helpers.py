@@ -3,6 +3,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -56,6 +57,51 @@ def segmentation_subset(folder: Path, count: int) -> Path:
         os.symlink(photo, folder / "images" / photo.name)
         label_map = DATA / "ade20k" / "segmentations" / (photo.stem + ".png")
         os.symlink(label_map, folder / "segmentations" / label_map.name)
+    return folder
+
+
+def tiny_depth_config(path: Path) -> Path:
+    """A depth cond stage as upstream's: a VQModel reading and writing one channel, its
+    discriminator too."""
+    ddconfig = dict(TINY_DDCONFIG, in_channels=1, out_ch=1)
+    model = {"base_learning_rate": 1e-4, "target": "taming.models.vqgan.VQModel", "params": {
+        "embed_dim": 16, "n_embed": 32, "ddconfig": ddconfig,
+        "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+                       "params": {"disc_start": 1000, "disc_in_channels": 1, "disc_ndf": 16,
+                                  "disc_num_layers": 2}}}}
+    path.write_text(yaml.safe_dump({"model": model}))
+    return path
+
+
+def synthetic_depth(photo: Path) -> np.ndarray:
+    """A stand-in depth map for a photo (the sample data has none): far at the top, near at
+    the bottom, nearer where the photo is dark. float32 [H, W], in metres-like units."""
+    from PIL import Image
+    with Image.open(photo) as image:
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rows = np.linspace(1.0, 0.0, gray.shape[0], dtype=np.float32)[:, None]
+    return 2.0 + 30.0 * rows * (0.5 + 0.5 * gray)
+
+
+def depth_subset(folder: Path, count: int) -> Path:
+    """folder/images with the first `count` sflckr photos and folder/depth with a synthetic
+    depth map for each, in the formats users have: 16-bit PNG, upstream's RGBA-float PNG (the
+    second map) and .npy (the third)."""
+    from PIL import Image
+    for sub in ("images", "depth"):
+        (folder / sub).mkdir(parents=True)
+    photos = sorted((DATA / "sflckr" / "images").rglob("*.jpg"))[:count]
+    for i, photo in enumerate(photos):
+        os.symlink(photo, folder / "images" / photo.name)
+        depth = synthetic_depth(photo)
+        target = folder / "depth" / photo.stem
+        if i == 1:
+            rgba = np.ascontiguousarray(depth.astype("<f4")).view(np.uint8)
+            Image.fromarray(rgba.reshape(*depth.shape, 4)).save(f"{target}.png")
+        elif i == 2:
+            np.save(f"{target}.npy", depth)
+        else:
+            Image.fromarray((depth * 1000).astype(np.uint16)).save(f"{target}.png")
     return folder
 
 

@@ -8,13 +8,18 @@ Layouts:
   images        DIR/**/*.{jpg,jpeg,png}; class labels are the first-level sub-folder names.
   segmentation  DIR/images/**/<name>.<jpg|png> paired with DIR/segmentations/**/<name>.png
                 (same relative path, uint8 label map, labels 0..n_labels-1).
+  depth         DIR/images/**/<name>.<jpg|png> paired with DIR/depth/**/<name>.<png|tif|npy>
+                (any depth map vqrt.runtime.image_io.read_depth_map reads, scaled per map to
+                [-1, 1] as upstream; the runtime reads a --cond map the same way).
 
 Held-out split: a file is held out when the SHA-1 of its relative path, read as a fraction in
 [0, 1), is below val_fraction (at least one file is always held out). The split depends on the
 file names only, so adding files never moves an old file between the two sides.
 
 Tensors: images (3, H, W) uint8 at rest, (B, 3, S, S) float in [-1, 1] in a batch; label maps
-(1, H, W) uint8 at rest, (B, n_labels, S, S) float one-hot in a batch.
+(1, H, W) uint8 at rest, (B, n_labels, S, S) float one-hot in a batch; depth maps (1, H, W)
+float32 in [-1, 1] at rest and (B, 1, S, S) in a batch (resized bilinearly, as upstream's
+albumentations default).
 """
 from __future__ import annotations
 
@@ -28,8 +33,10 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 PHOTOS_DIR = "images"
 SEGMENTATIONS_DIR = "segmentations"
+DEPTH_DIR = "depth"
 
 
 class DataError(ValueError):
@@ -39,11 +46,17 @@ class DataError(ValueError):
 @dataclass
 class Example:
     """One training item at rest. image: (3, H, W) uint8 with min(H, W) == size;
-    segmentation: (1, H, W) uint8 of the same H, W, or None; label: class id or None."""
+    segmentation: (1, H, W) uint8 of the same H, W, or None; depth: (1, H, W) float32 of the
+    same H, W, or None; label: class id or None."""
     path: str  # relative to the data folder, for messages and the split
     image: Optional[torch.Tensor]
     segmentation: Optional[torch.Tensor] = None
     label: Optional[int] = None
+    depth: Optional[torch.Tensor] = None
+
+    def any_map(self) -> torch.Tensor:
+        """The first of image, segmentation, depth that is loaded: its H, W place crops."""
+        return next(t for t in (self.image, self.segmentation, self.depth) if t is not None)
 
 
 @dataclass
@@ -53,14 +66,16 @@ class Dataset:
     class_names: Tuple[str, ...] = ()  # index = class id, when labels come from sub-folders
 
 
-def list_images(folder: Path) -> List[Path]:
-    """Every JPEG/PNG below folder, sorted by relative path."""
+def list_images(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Path]:
+    """Every file below folder with one of suffixes (JPEG/PNG), sorted by relative path."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
     files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                   if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise DataError(f"{folder}: no JPEG or PNG images found (searched recursively)")
+        kinds = "JPEG or PNG images" if suffixes == IMAGE_SUFFIXES else \
+            f"{', '.join(suffixes)} files"
+        raise DataError(f"{folder}: no {kinds} found (searched recursively)")
     return files
 
 
@@ -129,6 +144,26 @@ def load_label_map(path: Path, size: int, n_labels: int,
     return torch.from_numpy(resized.copy()).unsqueeze(0)
 
 
+def load_depth_map(path: Path, size: int,
+                   photo_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """A depth map scaled to [-1, 1] (read_depth_map), shorter side resized to size (bilinear)
+    -> (1, H, W) float32. photo_size: the paired photo's (width, height), which it must match."""
+    from PIL import Image
+    from vqrt.runtime.image_io import read_depth_map
+    from vqrt.runtime.params import RequestError
+    try:
+        depth = read_depth_map(path)
+    except RequestError as e:
+        raise DataError(str(e)) from None
+    height, width = depth.shape
+    if photo_size is not None and (width, height) != photo_size:
+        raise DataError(f"{path}: depth map is {width}x{height} but its photo is "
+                        f"{photo_size[0]}x{photo_size[1]}")
+    resized = np.asarray(_resize_shorter(Image.fromarray(depth), size, "BILINEAR"),
+                         dtype=np.float32)
+    return torch.from_numpy(resized.copy()).unsqueeze(0)
+
+
 def _photo_dimensions(path: Path) -> Tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
     try:
@@ -159,38 +194,115 @@ def load_images(root: Path, size: int, val_fraction: float, with_labels: bool) -
     return Dataset([examples[i] for i in train], [examples[i] for i in held], class_names)
 
 
-def load_segmentations(root: Path, size: int, n_labels: int, val_fraction: float,
-                       with_photos: bool) -> Dataset:
-    """Label maps of root/segmentations paired with root/images by relative path (photo of
-    any image suffix, map .png). The split goes by the photo's relative path, so a photo and
-    its map always fall on the same side. with_photos: also decode the photos."""
-    photo_root, map_root = root / PHOTOS_DIR, root / SEGMENTATIONS_DIR
+def _paired(root: Path, map_dir: str, what: str,
+            suffixes: Sequence[str]) -> List[Tuple[Path, Path]]:
+    """(photo, map) pairs of root/images and root/<map_dir> with the same relative path up to
+    the suffix, sorted; a file on one side without its partner stops with a DataError."""
+    photo_root, map_root = root / PHOTOS_DIR, root / map_dir
     if not map_root.is_dir():
-        raise DataError(f"{map_root}: no such folder (segmentation data is DIR/{PHOTOS_DIR}/ "
-                        f"with label maps in DIR/{SEGMENTATIONS_DIR}/ under the same names)")
+        raise DataError(f"{map_root}: no such folder ({what}s go in DIR/{map_dir}/ beside "
+                        f"the photos in DIR/{PHOTOS_DIR}/, under the same names)")
     photos = {p.relative_to(photo_root).with_suffix("").as_posix(): p
               for p in list_images(photo_root)}
     maps = {p.relative_to(map_root).with_suffix("").as_posix(): p
-            for p in list_images(map_root)}
+            for p in list_images(map_root, suffixes)}
     for stem, path in maps.items():
         if stem not in photos:
-            raise DataError(f"{path}: segmentation without its photo (expected "
+            raise DataError(f"{path}: {what} without its photo (expected "
                             f"{photo_root / stem}.jpg or .png)")
     for stem, path in photos.items():
         if stem not in maps:
-            raise DataError(f"{path}: photo without its segmentation (expected "
-                            f"{map_root / stem}.png)")
-    stems = sorted(photos)
+            raise DataError(f"{path}: photo without its {what} (expected "
+                            f"{map_root / stem}{suffixes[0]})")
+    return [(photos[stem], maps[stem]) for stem in sorted(photos)]
+
+
+def _paired_dataset(root: Path, pairs: Sequence[Tuple[Path, Path]], size: int,
+                    val_fraction: float, with_photos: bool, load_map) -> Dataset:
+    """Examples of (photo, map) pairs; load_map(path, size, photo (width, height)) -> Example
+    fields. The split goes by the photo's relative path, so a photo and its map always fall on
+    the same side."""
     examples = []
-    for stem in stems:
-        photo_path = photos[stem]
-        dimensions = _photo_dimensions(photo_path)
-        segmentation = load_label_map(maps[stem], size, n_labels, dimensions)
+    for photo_path, map_path in pairs:
+        fields = load_map(map_path, size, _photo_dimensions(photo_path))
         image = load_photo(photo_path, size) if with_photos else None
-        examples.append(Example(photo_path.relative_to(photo_root).as_posix(), image,
-                                segmentation))
+        examples.append(Example((photo_path.relative_to(root / PHOTOS_DIR)).as_posix(), image,
+                                **fields))
     train, held = split([e.path for e in examples], val_fraction)
     return Dataset([examples[i] for i in train], [examples[i] for i in held])
+
+
+def load_segmentations(root: Path, size: int, n_labels: int, val_fraction: float,
+                       with_photos: bool) -> Dataset:
+    """Label maps of root/segmentations paired with root/images by relative path (photo of
+    any image suffix, map .png). with_photos: also decode the photos."""
+    def load_map(path: Path, size: int, photo_size: Tuple[int, int]):
+        return {"segmentation": load_label_map(path, size, n_labels, photo_size)}
+
+    pairs = _paired(root, SEGMENTATIONS_DIR, "segmentation", (".png",))
+    return _paired_dataset(root, pairs, size, val_fraction, with_photos, load_map)
+
+
+def load_depth_maps(root: Path, size: int, val_fraction: float, with_photos: bool) -> Dataset:
+    """Depth maps of root/depth paired with root/images by relative path (map .png, .tif or
+    .npy). with_photos: also decode the photos."""
+    def load_map(path: Path, size: int, photo_size: Tuple[int, int]):
+        return {"depth": load_depth_map(path, size, photo_size)}
+
+    pairs = _paired(root, DEPTH_DIR, "depth map", DEPTH_SUFFIXES)
+    return _paired_dataset(root, pairs, size, val_fraction, with_photos, load_map)
+
+
+# --- what a first stage reads ----------------------------------------------------------------
+
+PHOTOS, SEGMENTATION, DEPTH = "photos", "segmentation", "depth"
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """The input of a VQ model (first stage or cond stage): photos, one-hot label maps (a
+    VQSegmentationModel) or depth maps (a VQModel with in_channels 1, as upstream's depth cond
+    stages). One object loads the data and builds the model's input tensors for every caller:
+    training, evaluation and the transformer trainer's cond stage."""
+    kind: str
+    n_labels: Optional[int] = None  # segmentation only
+
+    @classmethod
+    def of(cls, config) -> "StageInput":
+        """config: a VQConfig. A segmentation model carries colorize_nlabels; otherwise the
+        input channels say: 3 photos, 1 depth maps."""
+        if config.colorize_nlabels is not None:
+            return cls(SEGMENTATION, config.colorize_nlabels)
+        channels = config.ddconfig.in_channels
+        if channels not in (1, 3):
+            raise DataError(f"ddconfig.in_channels {channels}: a VQModel reads photos (3) or "
+                            f"depth maps (1); segmentation maps need a VQSegmentationModel")
+        return cls(PHOTOS if channels == 3 else DEPTH)
+
+    @property
+    def channels(self) -> int:
+        return {PHOTOS: 3, DEPTH: 1}.get(self.kind, self.n_labels)
+
+    def load(self, root: Path, size: int, val_fraction: float,
+             with_photos: bool = False) -> Dataset:
+        """The data folder for this input (see the module doc for the layouts)."""
+        if self.kind == SEGMENTATION:
+            return load_segmentations(root, size, self.n_labels, val_fraction, with_photos)
+        if self.kind == DEPTH:
+            return load_depth_maps(root, size, val_fraction, with_photos)
+        return load_images(root, size, val_fraction, with_labels=False)
+
+    def tensor(self, examples: Sequence[Example], crops: Sequence["Crop"],
+               size: int) -> torch.Tensor:
+        """The model's input for crops of examples: (B, channels, size, size) float."""
+        if self.kind == SEGMENTATION:
+            maps = torch.stack([apply_crop(e.segmentation, c, size)
+                                for e, c in zip(examples, crops)])
+            return one_hot(maps, self.n_labels)
+        if self.kind == DEPTH:
+            return torch.stack([apply_crop(e.depth, c, size) for e, c in zip(examples, crops)])
+        return to_model_range(torch.stack([apply_crop(e.image, c, size)
+                                           for e, c in zip(examples, crops)]))
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -214,8 +326,7 @@ class Crop:
 
 def random_crop(example: Example, size: int, generator: torch.Generator) -> Crop:
     """A size x size window at a random place, mirrored with probability 1/2."""
-    reference = example.image if example.image is not None else example.segmentation
-    height, width = reference.shape[1:]
+    height, width = example.any_map().shape[1:]
     top = int(torch.randint(height - size + 1, (1,), generator=generator))
     left = int(torch.randint(width - size + 1, (1,), generator=generator))
     flip = bool(torch.randint(2, (1,), generator=generator))
@@ -223,8 +334,7 @@ def random_crop(example: Example, size: int, generator: torch.Generator) -> Crop
 
 
 def center_crop(example: Example, size: int) -> Crop:
-    reference = example.image if example.image is not None else example.segmentation
-    height, width = reference.shape[1:]
+    height, width = example.any_map().shape[1:]
     return Crop((height - size) // 2, (width - size) // 2, False)
 
 

@@ -1,6 +1,7 @@
 """Reconstruction quality of a first stage: PSNR, SSIM and codebook usage on held-out images.
 
-Images are compared in [0, 1] (the model's [-1, 1] output is clamped first). SSIM is Wang et
+Images (photos, and depth maps alike) are compared in [0, 1] (the model's [-1, 1] output is
+clamped first); segmentation models report the share of pixels whose argmax label is right. SSIM is Wang et
 al. (2004): an 11x11 Gaussian window with sigma 1.5, K1 0.01, K2 0.03, data range 1, computed per
 channel over the 'valid' window positions and averaged, the convention of skimage's
 structural_similarity(gaussian_weights=True, use_sample_covariance=False).
@@ -15,8 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from vqrt.trainer.data import (
-    Dataset, apply_crop, center_crop, load_images, one_hot, load_segmentations, to_model_range)
+from vqrt.trainer.data import PHOTOS, SEGMENTATION, Dataset, StageInput, center_crop
 
 
 def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,12 @@ def codebook_usage(counts: torch.Tensor) -> CodebookUsage:
 class Evaluation:
     images: int
     size: int
-    psnr_db: Optional[float]  # images only
+    psnr_db: Optional[float]  # photos and depth maps
     ssim: Optional[float]
     pixel_accuracy: Optional[float]  # segmentation models: argmax label == true label
     codebook: CodebookUsage
     lpips: Optional[float] = None  # only when LPIPS weights were given
+    rfid: Optional[float] = None  # only when FID Inception weights were given (trainer/fid.py)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,9 @@ class Evaluation:
                       f"SSIM             {self.ssim:.4f}"]
         if self.lpips is not None:
             lines.append(f"LPIPS            {self.lpips:.4f}")
+        if self.rfid is not None:
+            lines.append(f"rFID             {self.rfid:.2f} (over {self.images} images: compare "
+                         f"only with rFIDs over as many)")
         if self.pixel_accuracy is not None:
             lines.append(f"pixel accuracy   {self.pixel_accuracy:.4f}")
         c = self.codebook
@@ -99,51 +103,53 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate_first_stage(model, dataset: Dataset, size: int, n_labels: Optional[int],
-                         lpips=None, batch_size: int = 8) -> Evaluation:
+def evaluate_first_stage(model, dataset: Dataset, size: int, stage: StageInput,
+                         lpips=None, inception=None, batch_size: int = 8) -> Evaluation:
     """model: a VQModel in eval mode; dataset: its held-out examples (shorter side = size) are
-    center-cropped and reconstructed. n_labels: set for a segmentation model (one-hot input).
-    lpips: an LPIPS module, for image models."""
+    center-cropped and reconstructed. stage: what the model reads. lpips: an LPIPS module,
+    inception: a FIDInception (rFID), for photo models."""
+    from vqrt.trainer.fid import RFID
+    rfid = RFID(inception) if inception is not None and stage.kind == PHOTOS else None
     device = next(model.parameters()).device
     examples = dataset.held_out
     counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)
     psnrs, ssims, distances, correct, pixels = [], [], [], 0, 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        if n_labels is None:
-            x = torch.stack([apply_crop(e.image, center_crop(e, size), size) for e in chunk])
-            x = to_model_range(x).to(device)
-        else:
-            maps = torch.stack([apply_crop(e.segmentation, center_crop(e, size), size)
-                                for e in chunk])
-            x = one_hot(maps, n_labels).to(device)
+        x = stage.tensor(chunk, [center_crop(e, size) for e in chunk], size).to(device)
         indices = model.encode_to_indices(x)
         counts += torch.bincount(indices.flatten().cpu(), minlength=model.cfg.n_embed)
         reconstruction = model.decode_indices(indices)
-        if n_labels is None:
+        if stage.kind == SEGMENTATION:
+            labels = x.argmax(dim=1)  # (B, S, S): the one-hot input's labels
+            correct += int((reconstruction.argmax(dim=1) == labels).sum())
+            pixels += labels.numel()
+        else:
             reference = (x + 1) / 2
             estimate = (reconstruction.clamp(-1, 1) + 1) / 2
             psnrs.append(psnr(reference, estimate).cpu())
             ssims.append(ssim(reference, estimate).cpu())
-            if lpips is not None:
+            if lpips is not None and stage.kind == PHOTOS:
                 distances.append(lpips(x, estimate * 2 - 1).flatten().cpu())
-        else:
-            correct += int((reconstruction.argmax(dim=1).cpu() == maps[:, 0].long()).sum())
-            pixels += maps[:, 0].numel()
+            if rfid is not None:
+                rfid.add(reference, estimate)
     return Evaluation(
         images=len(examples), size=size,
         psnr_db=float(torch.cat(psnrs).mean()) if psnrs else None,
         ssim=float(torch.cat(ssims).mean()) if ssims else None,
         pixel_accuracy=correct / pixels if pixels else None,
         codebook=codebook_usage(counts),
-        lpips=float(torch.cat(distances).mean()) if distances else None)
+        lpips=float(torch.cat(distances).mean()) if distances else None,
+        rfid=rfid.value() if rfid is not None else None)
 
 
 def evaluate_run(run: Path, data: Path, size: Optional[int], val_fraction: Optional[float],
-                 perceptual_weights: Optional[Path] = None) -> Evaluation:
+                 perceptual_weights: Optional[Path] = None,
+                 inception_weights: Optional[Path] = None) -> Evaluation:
     """`vqrt eval vqgan`: the run's weights on the held-out side of data, split as in training
     (the run's val_fraction unless given). size defaults to the run's training size.
-    perceptual_weights: LPIPS weights (see losses.load_lpips), to report LPIPS too."""
+    perceptual_weights: LPIPS weights (see losses.load_lpips), to report LPIPS too;
+    inception_weights: FID Inception weights (see fid.load_fid_inception), to report rFID."""
     from vqrt.trainer.checkpoints import load_checkpoint
     from vqrt.trainer.training import SETTINGS_FILE, read_settings
     loaded = load_checkpoint(run)
@@ -155,13 +161,14 @@ def evaluate_run(run: Path, data: Path, size: Optional[int], val_fraction: Optio
     size = size or settings.get("resize") or settings.get("size") or \
         loaded.config.ddconfig.resolution
     val_fraction = val_fraction or settings.get("val_fraction", 0.1)
-    n_labels = loaded.config.colorize_nlabels
-    if n_labels is None:
-        dataset = load_images(data, size, val_fraction, with_labels=False)
-    else:
-        dataset = load_segmentations(data, size, n_labels, val_fraction, with_photos=False)
+    stage = StageInput.of(loaded.config)
+    dataset = stage.load(data, size, val_fraction)
     lpips = None
     if perceptual_weights is not None:
         from vqrt.trainer.losses import load_lpips
         lpips = load_lpips(perceptual_weights)
-    return evaluate_first_stage(loaded.model, dataset, size, n_labels, lpips)
+    inception = None
+    if inception_weights is not None:
+        from vqrt.trainer.fid import load_fid_inception
+        inception = load_fid_inception(inception_weights)
+    return evaluate_first_stage(loaded.model, dataset, size, stage, lpips, inception)

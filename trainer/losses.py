@@ -146,7 +146,8 @@ class LPIPS(nn.Module):
         return distance
 
 
-def _read_state(path: Path) -> Dict[str, torch.Tensor]:
+def read_weights_file(path: Path) -> Dict[str, torch.Tensor]:
+    """A weights file: safetensors, or a torch file read safely (see below) -> name -> tensor."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
@@ -165,7 +166,7 @@ def load_lpips(path: Path) -> LPIPS:
     from safetensors import SafetensorError
     from vqrt.trainer.checkpoints import CheckpointError
     try:
-        state = _read_state(path)
+        state = read_weights_file(path)
     except (SafetensorError, CheckpointError, OSError) as e:
         raise TrainingError(f"{path}: not a readable safetensors or torch weights file "
                             f"({' '.join(str(e).split())})")

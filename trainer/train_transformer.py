@@ -1,14 +1,15 @@
 """Stage 2: `vqrt train transformer` trains a GPT on the codes of a frozen first stage.
 
-The first stage (and a segmentation cond stage) encode every training image once, before the
-first step: `views` crops per image (view 0 the center crop, the others random crops and
-flips drawn from the seed), held in memory as code grids. Training then touches only tokens.
+The first stage (and a segmentation or depth cond stage) encode every training image once,
+before the first step: `views` crops per image (view 0 the center crop, the others random crops
+and flips drawn from the seed), held in memory as code grids. Training then touches only tokens.
 
 Sequence per image: [condition tokens c (B, L)] + [image tokens z (B, h*w), raster order].
   none          c = the start token 0 (upstream "__is_unconditional__", sos_token 0)
   class         c = the class id (upstream Labelator); classes are the data folder's
                 first-level sub-folders, sorted by name
   segmentation  c = the cond stage's codes of the one-hot label map (L = its h_c * w_c)
+  depth         c = the cond stage's codes of the depth map (a VQModel with in_channels 1)
 The GPT reads cz[:, :-1] and is scored by cross-entropy on the image tokens only (upstream
 Net2NetTransformer). With pkeep < 1 each input image token is replaced, with probability
 1 - pkeep, by a uniform random token (targets stay clean). AdamW (betas 0.9, 0.95; weight
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 
 from vqrt.trainer.checkpoints import LoadedModel, load_checkpoint
 from vqrt.trainer.data import (
-    Dataset, Example, apply_crop, batch_indices, center_crop, load_images, load_segmentations,
-    one_hot, random_crop, to_model_range)
+    SEGMENTATION, DEPTH, Dataset, Example, StageInput, apply_crop, batch_indices, center_crop,
+    load_images, random_crop, to_model_range)
 from vqrt.trainer.evaluate import codebook_usage
 from vqrt.trainer.model_config import (
     GPT_TARGET, LABELATOR, NET2NET, UNCONDITIONAL_COND, VQMODEL, VQSEGMENTATION,
@@ -48,6 +49,8 @@ from vqrt.trainer.training import (
 SAMPLES = 8
 SAMPLE_TOP_K = 100
 ENCODE_BATCH = 16
+# --cond values whose condition is a map encoded by a VQ cond stage -> its model targets.
+SPATIAL_CONDS = {SEGMENTATION: (VQSEGMENTATION,), DEPTH: (VQMODEL,)}
 
 
 @dataclass
@@ -106,19 +109,22 @@ class TransformerTrainer:
     def __init__(self, settings: TransformerSettings, processes: Processes):
         self.settings = s = settings
         self.processes = processes
-        if s.cond == "depth":
-            raise TrainingError("--cond depth is not supported yet (issue 3): train a depth cond "
-                                "stage first; use none, class or segmentation")
-        if s.cond == "segmentation" and not s.cond_stage:
-            raise TrainingError("--cond segmentation needs --cond-stage RUN (a segmentation "
-                                "vqgan run)")
-        if s.cond != "segmentation" and s.cond_stage:
-            raise TrainingError("--cond-stage is only used with --cond segmentation")
+        spatial = s.cond in SPATIAL_CONDS
+        if spatial and not s.cond_stage:
+            raise TrainingError(f"--cond {s.cond} needs --cond-stage RUN (a {s.cond} vqgan run)")
+        if not spatial and s.cond_stage:
+            raise TrainingError("--cond-stage is only used with --cond segmentation or depth")
         if not 0.0 < s.pkeep <= 1.0:
             raise TrainingError(f"--pkeep must lie in (0, 1], got {s.pkeep}")
         self.first = _load_stage(Path(s.first_stage), (VQMODEL,), "VQGAN first stage")
-        self.cond_stage = (_load_stage(Path(s.cond_stage), (VQSEGMENTATION,),
-                                       "segmentation cond stage") if s.cond_stage else None)
+        self.cond_stage, self.cond_input = None, None
+        if spatial:
+            self.cond_stage = _load_stage(Path(s.cond_stage), SPATIAL_CONDS[s.cond],
+                                          f"{s.cond} cond stage")
+            self.cond_input = StageInput.of(self.cond_stage.config)
+            if self.cond_input.kind != s.cond:
+                raise TrainingError(f"{s.cond_stage}: a cond stage that reads "
+                                    f"{self.cond_input.kind}, not {s.cond} maps")
         factor = self.first.config.ddconfig.downsampling_factor
         if s.size % factor:
             raise TrainingError(f"--size {s.size} is not a multiple of the first stage's "
@@ -128,10 +134,8 @@ class TransformerTrainer:
 
     def load_data(self) -> Dataset:
         s = self.settings
-        if s.cond == "segmentation":
-            n_labels = self.cond_stage.config.colorize_nlabels
-            return load_segmentations(Path(s.data), s.size, n_labels, s.val_fraction,
-                                      with_photos=True)
+        if self.cond_input is not None:
+            return self.cond_input.load(Path(s.data), s.size, s.val_fraction, with_photos=True)
         return load_images(Path(s.data), s.size, s.val_fraction, with_labels=s.cond == "class")
 
     def _views(self, example: Example, index: int) -> List:
@@ -152,10 +156,10 @@ class TransformerTrainer:
             chunk = items[start:start + ENCODE_BATCH]
             images = torch.stack([apply_crop(e.image, c, s.size) for e, c in chunk])
             codes.append(self.model.encode_to_z(to_model_range(images).to(device)).cpu())
-            if s.cond == "segmentation":
-                maps = torch.stack([apply_crop(e.segmentation, c, s.size) for e, c in chunk])
-                labels = one_hot(maps, self.cond_stage.config.colorize_nlabels).to(device)
-                conds.append(self.model.encode_to_c(labels).cpu())
+            if self.cond_input is not None:
+                maps = self.cond_input.tensor([e for e, _ in chunk], [c for _, c in chunk],
+                                              s.size)
+                conds.append(self.model.encode_to_c(maps.to(device)).cpu())
             elif s.cond == "class":
                 conds.append(torch.tensor([[e.label] for e, _ in chunk]))
             else:
@@ -179,7 +183,7 @@ class TransformerTrainer:
             vocab = max(vocab, len(class_names))
         else:
             params.update(cond_stage_config=_stage_section(self.cond_stage),
-                          cond_stage_key="segmentation")
+                          cond_stage_key=s.cond)
             vocab = max(vocab, self.cond_stage.config.n_embed)
         params["first_stage_config"] = _stage_section(self.first)
         params["transformer_config"] = {"target": GPT_TARGET, "params": {
@@ -336,7 +340,7 @@ class TransformerTrainer:
         """Conditions of the sample grid: start tokens, the first classes, or held-out maps."""
         if self.settings.cond == "class":
             return torch.arange(min(SAMPLES, len(dataset.class_names))).view(-1, 1)
-        return held_tokens.cond[:SAMPLES] if self.settings.cond == "segmentation" else \
+        return held_tokens.cond[:SAMPLES] if self.cond_input is not None else \
             torch.zeros(SAMPLES, 1, dtype=torch.long)
 
 

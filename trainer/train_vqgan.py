@@ -1,4 +1,6 @@
-"""Stage 1: `vqrt train vqgan` trains a VQGAN (photos) or a segmentation cond stage.
+"""Stage 1: `vqrt train vqgan` trains a VQGAN (photos), or a cond stage: a VQGAN on depth maps
+(a VQModel with in_channels = out_ch = 1, as upstream's depth stages; the same objective, the
+discriminator with disc_in_channels 1, no LPIPS) or a segmentation model.
 
 VQModel objective (upstream VQLPIPSWithDiscriminator), images x and reconstructions x' in [-1, 1]:
   rec   = mean(|x - x'| + perceptual_weight * LPIPS(x, x'))   (LPIPS only with its weights)
@@ -25,8 +27,7 @@ import torch.nn.functional as F
 
 from vqrt.trainer.codebook_restart import DeadCodeRestart
 from vqrt.trainer.data import (
-    Dataset, apply_crop, batch_indices, center_crop, load_images, load_segmentations, one_hot,
-    random_crop, to_model_range)
+    DEPTH, PHOTOS, DataError, Dataset, StageInput, batch_indices, center_crop, random_crop)
 from vqrt.trainer.evaluate import evaluate_first_stage
 from vqrt.trainer.losses import DISCRIMINATOR_LOSSES, NLayerDiscriminator, adaptive_weight, \
     load_lpips
@@ -137,6 +138,22 @@ class VQGANTrainer:
         self.segmentation = spec.target == VQSEGMENTATION
         self.loss = parse_loss_config(model_section, self.segmentation)
         cfg = spec.config
+        try:
+            self.input = StageInput.of(cfg)
+        except DataError as e:
+            raise ConfigError(f"model.params.{e}") from None
+        if not self.segmentation:
+            channels = cfg.ddconfig.in_channels
+            if cfg.ddconfig.out_ch != channels:
+                raise ConfigError(f"model.params.ddconfig.out_ch {cfg.ddconfig.out_ch} must equal "
+                                  f"in_channels {channels} (the model reconstructs its input)")
+            if self.loss.disc_in_channels != channels:
+                raise ConfigError(f"model.params.lossconfig.params.disc_in_channels "
+                                  f"{self.loss.disc_in_channels} must equal in_channels "
+                                  f"{channels}: set it to {channels}")
+            if settings.perceptual_weights and self.input.kind == DEPTH:
+                raise TrainingError("--perceptual-weights: LPIPS compares RGB photos; a depth "
+                                    "model (in_channels 1) trains without it")
         if self.segmentation and settings.n_labels != cfg.colorize_nlabels:
             raise TrainingError(f"--n-labels {settings.n_labels} does not match the config's "
                                 f"model.params.n_labels {cfg.colorize_nlabels}")
@@ -180,23 +197,16 @@ class VQGANTrainer:
 
     def load_data(self) -> Dataset:
         s = self.settings
-        if self.segmentation:
-            return load_segmentations(Path(s.data), self.rest_size, s.n_labels, s.val_fraction,
-                                      with_photos=False)
-        return load_images(Path(s.data), self.rest_size, s.val_fraction, with_labels=False)
+        return self.input.load(Path(s.data), self.rest_size, s.val_fraction)
 
     def batch(self, dataset: Dataset, step: int, generator: torch.Generator) -> torch.Tensor:
-        """-> (B, 3, S, S) in [-1, 1], or (B, n_labels, S, S) one-hot."""
+        """-> (B, 3, S, S) photos or (B, 1, S, S) depth in [-1, 1], or (B, n_labels, S, S)
+        one-hot."""
         s, p = self.settings, self.processes
         chosen = [dataset.train[i] for i in batch_indices(
             s.seed, step, len(dataset.train), s.batch_size, p.rank, p.world_size)]
         crops = [random_crop(e, self.size, generator) for e in chosen]
-        if self.segmentation:
-            maps = torch.stack([apply_crop(e.segmentation, c, self.size)
-                                for e, c in zip(chosen, crops)])
-            return one_hot(maps, s.n_labels).to(p.device)
-        images = torch.stack([apply_crop(e.image, c, self.size) for e, c in zip(chosen, crops)])
-        return to_model_range(images).to(p.device)
+        return self.input.tensor(chosen, crops, self.size).to(p.device)
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -210,7 +220,7 @@ class VQGANTrainer:
             total = rec_loss + loss.codebook_weight * quantizer_loss
             logs["bce"] = float(rec_loss.detach())
         else:
-            pixel_loss = (x - reconstruction).abs()  # (B, 3, S, S)
+            pixel_loss = (x - reconstruction).abs()  # (B, C, S, S)
             logs["l1"] = float(pixel_loss.detach().mean())
             if self.lpips is not None:
                 perceptual = self.lpips(x, reconstruction)  # (B, 1, 1, 1), broadcast
@@ -246,23 +256,19 @@ class VQGANTrainer:
     # --- pictures and held-out numbers --------------------------------------------------------
 
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
-        """Images pass through; one-hot maps are shown through the model's random colorize
-        projection, rescaled to [-1, 1] as upstream's to_rgb."""
-        if not self.segmentation:
+        """Photos pass through, depth maps as gray; one-hot maps are shown through the model's
+        random colorize projection, rescaled to [-1, 1] as upstream's to_rgb."""
+        if self.input.kind == PHOTOS:
             return x
+        if self.input.kind == DEPTH:
+            return x.repeat(1, 3, 1, 1)
         rgb = F.conv2d(x, self.model.colorize)
         return 2.0 * (rgb - rgb.min()) / (rgb.max() - rgb.min()) - 1.0
 
     @torch.no_grad()
     def save_reconstructions(self, dataset: Dataset, step: int) -> None:
         examples = dataset.held_out[:GRID_IMAGES]
-        if self.segmentation:
-            x = one_hot(torch.stack([apply_crop(e.segmentation, center_crop(e, self.size),
-                                                self.size) for e in examples]),
-                        self.settings.n_labels)
-        else:
-            x = to_model_range(torch.stack([apply_crop(e.image, center_crop(e, self.size),
-                                                       self.size) for e in examples]))
+        x = self.input.tensor(examples, [center_crop(e, self.size) for e in examples], self.size)
         self.model.eval()
         x = x.to(self.processes.device)
         reconstruction = self.model.decode_indices(self.model.encode_to_indices(x))
@@ -288,7 +294,7 @@ class VQGANTrainer:
         if p.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / SETTINGS_FILE, settings_to_json(s))
-            if not self.segmentation and self.lpips is None:
+            if self.input.kind == PHOTOS and self.lpips is None:
                 print("vqrt train: perceptual loss off (no --perceptual-weights given)")
         p.barrier()
         log = MetricsLog(run, p.is_main)
@@ -312,7 +318,7 @@ class VQGANTrainer:
             if p.is_main and (done % s.sample_every == 0 or last):
                 self.save_reconstructions(dataset, done)
                 self.model.eval()
-                evaluation = evaluate_first_stage(self.model, dataset, self.size, s.n_labels)
+                evaluation = evaluate_first_stage(self.model, dataset, self.size, self.input)
                 self.model.train()
                 log.write({"step": done, "held_out": evaluation.to_dict()})
             if p.is_main and (done % s.checkpoint_every == 0 or last):

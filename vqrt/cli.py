@@ -216,9 +216,10 @@ def run_eval(args: argparse.Namespace) -> int:
     errors = _training_errors("eval")
     evaluate = _import_train_extra("eval", "vqrt.trainer.evaluate")
     try:
-        weights = Path(args.perceptual_weights) if args.perceptual_weights else None
+        lpips = Path(args.perceptual_weights) if args.perceptual_weights else None
+        inception = Path(args.inception_weights) if args.inception_weights else None
         evaluation = evaluate.evaluate_run(Path(args.run_dir), Path(args.data), args.size,
-                                           args.val_fraction, weights)
+                                           args.val_fraction, lpips, inception)
     except errors as e:
         raise CommandError(str(e)) from e
     print(json.dumps(evaluation.to_dict(), indent=2) if args.json else evaluation.format())
@@ -258,9 +259,10 @@ def _add_train_parser(commands) -> None:
                     "data-parallel.")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
     vqgan = stages.add_parser(
-        "vqgan", help="stage 1: VQGAN, or a segmentation cond stage",
+        "vqgan", help="stage 1: VQGAN, or a segmentation or depth cond stage",
         description="Train a VQModel (L1 + optional LPIPS + codebook + patch GAN with adaptive "
-                    "weight) or a VQSegmentationModel, as the config's model.target says.")
+                    "weight) on photos, or on depth maps when its ddconfig.in_channels is 1 "
+                    "(DIR/images + DIR/depth), or a VQSegmentationModel, as the config says.")
     _add_run_options(vqgan)
     vqgan.add_argument("--config", metavar="YAML",
                        help="upstream-style config: model.target, model.params (ddconfig, "
@@ -284,9 +286,10 @@ def _add_train_parser(commands) -> None:
     transformer.add_argument("--first-stage", metavar="RUN", help="a vqgan run (or checkpoint)")
     transformer.add_argument("--cond", choices=("none", "class", "segmentation", "depth"),
                              help="conditioning: none, class (sub-folder names), segmentation "
-                                  "(needs --cond-stage), depth")
+                                  "or depth (DIR/images + DIR/segmentations or DIR/depth; "
+                                  "needs --cond-stage)")
     transformer.add_argument("--cond-stage", metavar="RUN",
-                             help="a segmentation vqgan run, for --cond segmentation")
+                             help="the cond stage's vqgan run, for --cond segmentation or depth")
     transformer.add_argument("--n-layer", type=int, help="transformer layers (4)")
     transformer.add_argument("--n-head", type=int, help="attention heads (4)")
     transformer.add_argument("--n-embd", type=int, help="width (256)")
@@ -307,8 +310,9 @@ def _add_eval_parser(commands) -> None:
     models = evaluate.add_subparsers(dest="model", metavar="MODEL", required=True)
     vqgan = models.add_parser(
         "vqgan", help="PSNR, SSIM and codebook usage of a first stage",
-        description="PSNR, SSIM, codebook usage (perplexity, dead codes) on the held-out split "
-                    "(the run's, by file-name hash), center crops at --size.")
+        description="PSNR, SSIM, codebook usage (perplexity, dead codes), and LPIPS and rFID "
+                    "when given those networks' weights, on the held-out split (the run's, by "
+                    "file-name hash), center crops at --size.")
     vqgan.add_argument("run_dir", metavar="RUN", help="a vqgan run or vqrt checkpoint folder")
     vqgan.add_argument("--data", required=True, metavar="DIR", help="image folder")
     vqgan.add_argument("--size", type=int,
@@ -316,6 +320,9 @@ def _add_eval_parser(commands) -> None:
     vqgan.add_argument("--val-fraction", type=float, help="default: the run's")
     vqgan.add_argument("--perceptual-weights", metavar="FILE",
                        help="LPIPS weights (as for vqrt train vqgan): also report LPIPS")
+    vqgan.add_argument("--inception-weights", metavar="FILE",
+                       help="FID Inception weights (pytorch-fid's pt_inception-2015-12-05 "
+                            ".pth, or safetensors): also report rFID")
     vqgan.add_argument("--json", action="store_true", help="print JSON")
     vqgan.set_defaults(run=run_eval)
 
