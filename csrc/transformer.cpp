@@ -44,6 +44,15 @@ const TensorView& find_tensor(const std::map<std::string, TensorView>& tensors,
   return t;
 }
 
+// Chunk `chunk` of `chunks` over n items, cut at multiples of `align`: [begin, end).
+std::pair<int64_t, int64_t> chunk_range(int64_t n, int64_t chunk, int64_t chunks, int64_t align) {
+  const int64_t units = (n + align - 1) / align;
+  return {std::min(n, units * chunk / chunks * align),
+          std::min(n, units * (chunk + 1) / chunks * align)};
+}
+
+}  // namespace
+
 const float* f32_tensor(const std::map<std::string, TensorView>& tensors, const std::string& name,
                         const std::vector<int64_t>& shape) {
   const TensorView& t = find_tensor(tensors, name, shape);
@@ -52,7 +61,6 @@ const float* f32_tensor(const std::map<std::string, TensorView>& tensors, const 
   return static_cast<const float*>(t.data);
 }
 
-// A Linear weight [n, k] of any supported dtype; int8 also needs `<name>_scale` F32 [n].
 WeightView weight_view(const std::map<std::string, TensorView>& tensors, const std::string& name,
                        int64_t n, int64_t k) {
   const TensorView& t = find_tensor(tensors, name, {n, k});
@@ -64,15 +72,6 @@ WeightView weight_view(const std::map<std::string, TensorView>& tensors, const s
   if (t.dtype == DType::i8) w.scale = f32_tensor(tensors, name + "_scale", {n});
   return w;
 }
-
-// Chunk `chunk` of `chunks` over n items, cut at multiples of `align`: [begin, end).
-std::pair<int64_t, int64_t> chunk_range(int64_t n, int64_t chunk, int64_t chunks, int64_t align) {
-  const int64_t units = (n + align - 1) / align;
-  return {std::min(n, units * chunk / chunks * align),
-          std::min(n, units * (chunk + 1) / chunks * align)};
-}
-
-}  // namespace
 
 Transformer::Transformer(const TransformerConfig& config,
                          const std::map<std::string, TensorView>& tensors)

@@ -61,6 +61,14 @@ struct TensorView {
   std::vector<int64_t> shape;
 };
 
+// The checked pieces of a "vqrt-native-1" tensor map, shared by the CPU and GPU decoders
+// (vqrt::Error names the tensor and both shapes or dtypes): an F32 tensor of `shape`, and a
+// Linear weight [n, k] of any supported dtype (I8 also needs `<name>_scale` F32 [n]).
+const float* f32_tensor(const std::map<std::string, TensorView>& tensors, const std::string& name,
+                        const std::vector<int64_t>& shape);
+WeightView weight_view(const std::map<std::string, TensorView>& tensors, const std::string& name,
+                       int64_t n, int64_t k);
+
 class Transformer {
  public:
   // Checks the config and that every tensor the config needs is present with its shape and an

@@ -1,4 +1,5 @@
-"""The transformer stage of a Generator: the native C++ decoder or the ONNX Runtime graphs.
+"""The transformer stage of a Generator: the native C++ decoder (on the CPU, or on an NVIDIA GPU
+as backend "cuda": csrc/gpu_transformer.h over the same weights) or the ONNX Runtime graphs.
 
 A backend holds what every generation shares and never changes (the native weights, or the
 ONNX Runtime sessions) and makes one decoding state per generation with `new_state(batch)`:
@@ -17,12 +18,16 @@ from typing import Dict, Protocol, Tuple
 import numpy as np
 
 from vqrt.runtime.bundle import REBUILD, Bundle, BundleError
+from vqrt.runtime.cuda_decoder import (
+    CudaDecoder, CudaUnavailable, CudaWeights, cuda_unavailable_reason)
 from vqrt.runtime.native_decoder import GPTShape, NativeDecoder
 from vqrt.runtime.ort_transformer import OrtTransformer, OrtTransformerGraphs
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 
-BACKENDS = ("auto", "native", "onnxruntime")
+BACKENDS = ("auto", "native", "onnxruntime", "cuda")
+# Backends that run the bundle's native weights (its manifest lists them as "native").
+NATIVE_WEIGHTS = ("native", "cuda")
 
 
 class DecodingState(Protocol):
@@ -67,6 +72,29 @@ class NativeBackend:
         return {}
 
 
+class CudaBackend(NativeBackend):
+    """The same native weights on an NVIDIA GPU (csrc/gpu_transformer.h): checked as the CPU
+    backend checks them, uploaded once as fp16 and shared by every generation's CudaDecoder (its
+    own KV cache and stream on the device); its logits are the image codes' only [B, codebook].
+    Chosen only when asked for: backend="cuda"."""
+    name = "cuda"
+
+    def __init__(self, bundle: Bundle, num_threads: int):
+        reason = cuda_unavailable_reason()
+        if reason:
+            raise RequestError(f"backend cuda: {reason}; or use backend native (the CPU)")
+        super().__init__(bundle, num_threads)
+        try:
+            # Logits of the image codes only: all that the sampler reads.
+            self._weights = CudaWeights(self._shape, self._arrays, self._dtypes,
+                                        sample_vocab=bundle.manifest.first_stage.codebook_size)
+        except (CudaUnavailable, ValueError) as e:
+            raise RequestError(f"backend cuda: {e}") from None
+
+    def new_state(self, batch: int) -> CudaDecoder:
+        return CudaDecoder(self._weights, max_batch=batch)
+
+
 class _OrtState:
     """OrtTransformer with the backends' calls: last-position logits, explicit positions."""
 
@@ -102,7 +130,7 @@ class OrtBackend:
 
 def choose_backend(bundle: Bundle, requested: str) -> str:
     """"auto": the first of the manifest's backends (its order of preference) that this runtime
-    runs; otherwise the one asked for, if the bundle has it."""
+    runs; otherwise the one asked for, if the bundle has it ("cuda" runs the native weights)."""
     have = bundle.manifest.backends
     runnable = [name for name in have if name in BACKENDS]
     if requested not in BACKENDS:
@@ -113,8 +141,9 @@ def choose_backend(bundle: Bundle, requested: str) -> str:
                                f" for its transformer; the runtime runs native and onnxruntime: "
                                "rebuild it with `vqrt build --backend auto`")
         return runnable[0]
-    if requested not in have:
-        raise RequestError(f"{bundle.path}: backend {requested} is not in this bundle (it has "
-                           f"{', '.join(have)}): rebuild it with `vqrt build --backend "
-                           f"{requested}` or pick one it has")
+    needed = "native" if requested in NATIVE_WEIGHTS else requested
+    if needed not in have:
+        raise RequestError(f"{bundle.path}: backend {requested} needs the bundle's {needed} "
+                           f"part, which it lacks (it has {', '.join(have)}): rebuild it with "
+                           f"`vqrt build --backend {needed}` or pick one it has")
     return requested

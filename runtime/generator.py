@@ -37,7 +37,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from vqrt.runtime.backends import NativeBackend, OrtBackend, choose_backend
+from vqrt.runtime.backends import CudaBackend, NativeBackend, OrtBackend, choose_backend
 from vqrt.runtime.bundle import load_bundle
 from vqrt.runtime.conditioning import ClassLabels, Conditioner, batch_rows
 from vqrt.runtime.decoding import Decoding, new_decoding
@@ -170,8 +170,10 @@ class Generator:
     Args:
         bundle_dir: a directory written by `vqrt build`.
         backend: "auto" (the first of the bundle's backends that this runtime runs, in the
-            manifest's order of preference), "native" (the C++ decoder on the CPU) or
-            "onnxruntime" (the transformer graphs).
+            manifest's order of preference), "native" (the C++ decoder on the CPU),
+            "onnxruntime" (the transformer graphs) or "cuda" (the C++ decoder on an NVIDIA GPU
+            over the same native weights: csrc/gpu_transformer.h; never chosen by "auto" until
+            it has been measured on a GPU, see BENCHMARKS.md).
         device: where the ONNX Runtime graphs run: "auto" (the CUDA provider where this
             onnxruntime has one, else the CPU), "cpu" or "cuda" (an error if the CUDA provider
             is missing or does not take a graph). The native backend runs on the CPU.
@@ -208,14 +210,17 @@ class Generator:
         self._first_stage = FirstStage(self.bundle, providers, device, num_threads,
                                        decoder_engine)
         self.codebook_size = m.first_stage.codebook_size
-        self._transformer: Optional[Union[NativeBackend, OrtBackend]] = None
+        self._transformer: Optional[Union[NativeBackend, CudaBackend, OrtBackend]] = None
         self._conditioner: Optional[Conditioner] = None
         self.backend = "onnxruntime"  # a first stage alone: only its graphs
         if m.kind == "net2net":
             self.backend = choose_backend(self.bundle, backend)
-            self._transformer = (NativeBackend(self.bundle, num_threads)
-                                 if self.backend == "native"
-                                 else OrtBackend(self.bundle, providers, device, num_threads))
+            if self.backend == "native":
+                self._transformer = NativeBackend(self.bundle, num_threads)
+            elif self.backend == "cuda":
+                self._transformer = CudaBackend(self.bundle, num_threads)
+            else:
+                self._transformer = OrtBackend(self.bundle, providers, device, num_threads)
             self._conditioner = Conditioner(self.bundle, providers, device, num_threads)
 
     @property

@@ -24,10 +24,24 @@ import numpy as np
 
 from vqrt import _native
 
-__all__ = ["GPTShape", "NativeDecoder"]
+__all__ = ["GPTShape", "NativeDecoder", "tag_dtypes"]
 
 # numpy dtype -> safetensors name, for arrays given without a tag (uint16 needs one: BF16).
 _TAG_OF = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8"}
+
+
+def tag_dtypes(tensors: Mapping[str, np.ndarray],
+               dtypes: Optional[Mapping[str, str]]) -> dict:
+    """name -> safetensors dtype name for every tensor: the given tags, else from the numpy
+    dtype (uint16 arrays hold BF16 bit patterns and must be tagged)."""
+    tagged = dict(dtypes or {})
+    for name, array in tensors.items():
+        if name not in tagged:
+            if array.dtype not in _TAG_OF:
+                raise ValueError(f"tensor {name} has dtype {array.dtype}: tag it in dtypes "
+                                 f"(uint16 holds BF16 bit patterns)")
+            tagged[name] = _TAG_OF[array.dtype]
+    return tagged
 
 
 @dataclass(frozen=True)
@@ -59,16 +73,9 @@ class NativeDecoder:
                  dtypes: Optional[Mapping[str, str]] = None, *, max_batch: int = 1,
                  max_len: Optional[int] = None, num_threads: int = 0,
                  bf16_activations: bool = False):
-        dtypes = dict(dtypes or {})
-        for name, array in tensors.items():
-            if name not in dtypes:
-                if array.dtype not in _TAG_OF:
-                    raise ValueError(f"tensor {name} has dtype {array.dtype}: tag it in dtypes "
-                                     f"(uint16 holds BF16 bit patterns)")
-                dtypes[name] = _TAG_OF[array.dtype]
         self.shape = shape
         self._model = _native.NativeTransformer(
-            asdict(shape), dict(tensors), dtypes, operator.index(max_batch),
+            asdict(shape), dict(tensors), tag_dtypes(tensors, dtypes), operator.index(max_batch),
             0 if max_len is None else operator.index(max_len), operator.index(num_threads),
             bool(bf16_activations))
 

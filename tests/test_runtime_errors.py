@@ -71,7 +71,8 @@ def test_params_are_frozen_and_normalised():
 
 
 def test_backend_and_device_choices(golden_bundle, tmp_path):
-    with pytest.raises(RequestError, match="backend must be one of auto, native, onnxruntime"):
+    with pytest.raises(RequestError,
+                       match="backend must be one of auto, native, onnxruntime, cuda"):
         Generator(golden_bundle, backend="tensorrt")
     with pytest.raises(RequestError, match="device must be one of auto, cpu, cuda"):
         Generator(golden_bundle, device="gpu")

@@ -6,6 +6,7 @@ allocated by the caller (vqrt.runtime), the GIL is released around the C++ call,
 becomes ValueError. Argument checking beyond shapes lives in C++, so Python and C callers get the
 same messages. One section per op; add new ops the same way.
 """
+from cython.operator cimport dereference as deref
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libcpp.map cimport map
 from libcpp.string cimport string
@@ -121,6 +122,30 @@ _WEIGHT_DTYPES = {
 }
 
 
+cdef map[string, core.TensorView] _tensor_views(dict tensors, dict dtypes) except *:
+    """name -> numpy array, name -> dtype tag -> the C++ views (borrowed: keep the arrays)."""
+    cdef map[string, core.TensorView] views
+    cdef core.TensorView view
+    cdef size_t address
+    for name, array in tensors.items():
+        tag = dtypes.get(name, "F32")
+        if tag not in _WEIGHT_DTYPES:
+            raise ValueError(f"tensor {name}: dtype {tag} is not one of "
+                             f"{', '.join(_WEIGHT_DTYPES)}")
+        dtype, numpy_dtype = _WEIGHT_DTYPES[tag]
+        if array.dtype.name != numpy_dtype:
+            raise ValueError(f"tensor {name} is tagged {tag} and must be a {numpy_dtype} "
+                             f"array, got {array.dtype.name}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"tensor {name} must be C-contiguous")
+        address = array.__array_interface__["data"][0]
+        view.dtype = dtype
+        view.data = <const void*>address
+        view.shape = [int(d) for d in array.shape]
+        views[name.encode()] = view
+    return views
+
+
 cdef class NativeTransformer:
     """The KV-cached GPT decoder on the CPU, over borrowed weight arrays.
 
@@ -149,26 +174,7 @@ cdef class NativeTransformer:
         c.max_len = max_len
         c.num_threads = num_threads
         c.bf16_activations = bf16_activations
-        cdef map[string, core.TensorView] views
-        cdef core.TensorView view
-        cdef size_t address
-        for name, array in tensors.items():
-            tag = dtypes.get(name, "F32")
-            if tag not in _WEIGHT_DTYPES:
-                raise ValueError(f"tensor {name}: dtype {tag} is not one of "
-                                 f"{', '.join(_WEIGHT_DTYPES)}")
-            dtype, numpy_dtype = _WEIGHT_DTYPES[tag]
-            if array.dtype.name != numpy_dtype:
-                raise ValueError(f"tensor {name} is tagged {tag} and must be a {numpy_dtype} "
-                                 f"array, got {array.dtype.name}")
-            if not array.flags.c_contiguous:
-                raise ValueError(f"tensor {name} must be C-contiguous")
-            address = array.__array_interface__["data"][0]
-            view.dtype = dtype
-            view.data = <const void*>address
-            view.shape = [int(d) for d in array.shape]
-            views[name.encode()] = view
-        self._model = new core.Transformer(c, views)
+        self._model = new core.Transformer(c, _tensor_views(tensors, dtypes))
         self._tensors = dict(tensors)
 
     def __dealloc__(self):
@@ -223,6 +229,113 @@ cdef class NativeTransformer:
     @property
     def max_len(self):
         return self._model.config().max_len
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU transformer decoder (csrc/gpu_transformer.h)
+
+def gpu_unavailable_reason():
+    """"" when the GPU decoder can run here, else why not (one line, with the fix)."""
+    return core.gpu_unavailable_reason().decode()
+
+
+cdef class GpuWeights:
+    """The model's weights uploaded to the current CUDA device (fp16 matrices), read-only and
+    shared by any number of GpuTransformer. Arguments as NativeTransformer's; sample_vocab: the
+    head rows computed (0 = all). The arrays are read once and may be freed afterwards."""
+    cdef core.shared_ptr[const core.GpuWeights] _weights
+
+    def __cinit__(self, dict config, dict tensors, dict dtypes, int64_t sample_vocab=0):
+        cdef core.GpuModelConfig c
+        c.n_layer = config["n_layer"]
+        c.n_head = config["n_head"]
+        c.n_embd = config["n_embd"]
+        c.vocab_size = config["vocab_size"]
+        c.block_size = config["block_size"]
+        c.sample_vocab = sample_vocab
+        cdef map[string, core.TensorView] views = _tensor_views(tensors, dtypes)
+        with nogil:
+            self._weights = core.upload_gpu_weights(c, views)
+
+    @property
+    def matrix_bytes(self):
+        """Bytes of the fp16 weight matrices one decode step reads."""
+        return core.gpu_weight_matrix_bytes(deref(self._weights.get()))
+
+    @property
+    def sample_vocab(self):
+        """Logits per row: the first sample_vocab rows of the head."""
+        return core.gpu_weights_config(deref(self._weights.get())).sample_vocab
+
+
+cdef class GpuTransformer:
+    """A KV cache of max_batch x max_len (0 = block size) on the GPU over shared GpuWeights; one
+    per thread. Use vqrt.runtime.cuda_decoder.CudaDecoder, which allocates the outputs."""
+    cdef core.GpuTransformer* _model
+    cdef GpuWeights _weights
+    cdef int64_t _sample_vocab
+
+    def __cinit__(self, GpuWeights weights not None, int64_t max_batch=1, int64_t max_len=0,
+                  bint use_graph=True):
+        cdef core.GpuDecoderOptions o
+        o.max_batch = max_batch
+        o.max_len = max_len
+        o.use_graph = use_graph
+        self._model = new core.GpuTransformer(weights._weights, o)
+        self._weights = weights
+        self._sample_vocab = weights.sample_vocab
+
+    def __dealloc__(self):
+        del self._model
+
+    def prefill(self, const int64_t[:, ::1] tokens, float[:, ::1] logits):
+        """tokens int64 [B, T] at positions 0..T-1 -> logits float32 [B, sample_vocab]."""
+        cdef int64_t batch = tokens.shape[0], length = tokens.shape[1]
+        self._check_logits(batch, logits)
+        if batch == 0 or length == 0:
+            raise ValueError(f"tokens must be non-empty [B, T], got ({batch}, {length})")
+        with nogil:
+            self._model.prefill(&tokens[0, 0], batch, length, &logits[0, 0])
+
+    def step(self, const int64_t[::1] tokens, int64_t pos, float[:, ::1] logits):
+        """tokens int64 [B] at position pos -> logits float32 [B, sample_vocab]."""
+        cdef int64_t batch = tokens.shape[0]
+        self._check_logits(batch, logits)
+        if batch == 0:
+            raise ValueError("tokens must be non-empty [B]")
+        with nogil:
+            self._model.step(&tokens[0], batch, pos, &logits[0, 0])
+
+    def generate(self, const int64_t[:, ::1] prefix, const uint64_t[::1] seeds, int64_t top_k,
+                 float top_p, float temperature, bint greedy, int64_t[:, ::1] out):
+        """prefix int64 [B, P], seeds uint64 [B] -> out int64 [B, steps], sampled on the GPU."""
+        cdef int64_t batch = prefix.shape[0], length = prefix.shape[1], steps = out.shape[1]
+        if batch == 0 or length == 0 or steps == 0:
+            raise ValueError(f"prefix [B, P] and out [B, steps] must be non-empty")
+        if seeds.shape[0] != batch or out.shape[0] != batch:
+            raise ValueError(f"seeds and out need {batch} rows, got {seeds.shape[0]} and "
+                             f"{out.shape[0]}")
+        cdef core.SamplingParams p = _sampling_params(top_k, top_p, temperature, greedy, 0)
+        with nogil:
+            self._model.generate(&prefix[0, 0], batch, length, steps, &seeds[0], p, &out[0, 0])
+
+    cdef _check_logits(self, int64_t batch, float[:, ::1] logits):
+        if logits.shape[0] != batch or logits.shape[1] != self._sample_vocab:
+            raise ValueError(f"logits must have shape ({batch}, {self._sample_vocab}), got "
+                             f"({logits.shape[0]}, {logits.shape[1]})")
+
+    @property
+    def length(self):
+        """Cached positions."""
+        return self._model.length()
+
+    @property
+    def max_batch(self):
+        return self._model.options().max_batch
+
+    @property
+    def max_len(self):
+        return self._model.options().max_len
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,3 +107,47 @@ cdef extern from "sliding_window.h" namespace "vqrt" nogil:
         int64_t window_w()
         int64_t window_size()
         int64_t stride()
+
+
+cdef extern from "<memory>" namespace "std" nogil:
+    cdef cppclass shared_ptr[T]:
+        T* get()
+        bint operator bool()
+
+
+cdef extern from "gpu_transformer.h" namespace "vqrt" nogil:
+    cdef cppclass GpuModelConfig:
+        int64_t n_layer
+        int64_t n_head
+        int64_t n_embd
+        int64_t vocab_size
+        int64_t block_size
+        int64_t sample_vocab
+
+    cdef cppclass GpuWeights:
+        pass
+
+    string gpu_unavailable_reason() except +
+    shared_ptr[const GpuWeights] upload_gpu_weights(
+        const GpuModelConfig& config, const map[string, TensorView]& tensors) except +
+    int64_t gpu_weight_matrix_bytes(const GpuWeights& weights)
+    const GpuModelConfig& gpu_weights_config(const GpuWeights& weights) except +
+
+    cdef cppclass GpuDecoderOptions:
+        int64_t max_batch
+        int64_t max_len
+        bool use_graph
+
+    cdef cppclass GpuTransformer:
+        GpuTransformer(shared_ptr[const GpuWeights] weights,
+                       const GpuDecoderOptions& options) except +
+        # tokens [batch, length] -> logits [batch, sample_vocab] of the last position
+        void prefill(const int64_t* tokens, int64_t batch, int64_t length, float* logits) except +
+        # tokens [batch] at position pos -> logits [batch, sample_vocab]
+        void step(const int64_t* tokens, int64_t batch, int64_t pos, float* logits) except +
+        # prefix [batch, prefix_length], seeds [batch] -> tokens [batch, steps]
+        void generate(const int64_t* prefix, int64_t batch, int64_t prefix_length, int64_t steps,
+                      const uint64_t* seeds, const SamplingParams& params,
+                      int64_t* tokens) except +
+        int64_t length()
+        const GpuDecoderOptions& options()

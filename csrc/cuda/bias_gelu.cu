@@ -18,14 +18,15 @@ constexpr int kMaxGridY = 65535;
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 
 __global__ void __launch_bounds__(kThreads)
-    bias_gelu_kernel(const __half* x, const float* __restrict__ bias, __half* y, int64_t rows, int n) {
+    bias_gelu_kernel(const __half* x, const float* __restrict__ bias, __half* y, int64_t rows, int n,
+                     bool gelu) {
   const int col = blockIdx.x * kThreads + threadIdx.x;
   if (col >= n) return;
   const float b = bias != nullptr ? bias[col] : 0.0f;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const int64_t i = r * n + col;
     const float v = __half2float(x[i]) + b;
-    y[i] = __float2half_rn(0.5f * v * (1.0f + erff(v * kInvSqrt2)));  // gelu.cpp's formula
+    y[i] = __float2half_rn(gelu ? 0.5f * v * (1.0f + erff(v * kInvSqrt2)) : v);  // gelu.cpp's
   }
 }
 
@@ -43,7 +44,8 @@ void bias_gelu_launch(const BiasGeluParams& p, cudaStream_t stream) {
   if (p.rows == 0) return;
   const dim3 grid(static_cast<unsigned>((p.n + kThreads - 1) / kThreads),
                   static_cast<unsigned>(std::min<int64_t>(p.rows, kMaxGridY)));
-  bias_gelu_kernel<<<grid, kThreads, 0, stream>>>(p.x, p.bias, p.y, p.rows, static_cast<int>(p.n));
+  bias_gelu_kernel<<<grid, kThreads, 0, stream>>>(p.x, p.bias, p.y, p.rows, static_cast<int>(p.n),
+                                                  p.gelu);
   VQRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -43,6 +43,7 @@ struct Args {
   float scale;
   int splits;
   float* partial;  // [batch * heads, splits, 2 + head_dim]: m, l, unnormalised output
+  int64_t queries_per_row;  // query b reads cache row b / queries_per_row
 };
 
 // q . k over D: qs in shared memory (fp32), k one fp16 cache row.
@@ -87,7 +88,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const Args a
   const __half* qh = a.q + b * a.q_row_stride + h * D;
   for (int d = tid; d < D; d += kThreads) qs[d] = __half2float(qh[d]);
   __syncthreads();
-  const int64_t head = (b * a.heads + h) * static_cast<int64_t>(a.max_len) * D;
+  const int64_t cache_row = b / a.queries_per_row;
+  const int64_t head = (cache_row * a.heads + h) * static_cast<int64_t>(a.max_len) * D;
   const __half* kh = a.k_cache + head;  // [max_len, D]
   const __half* vh = a.v_cache + head;
 
@@ -203,6 +205,9 @@ void DecodeAttentionParams::check() const {
                                                  << ") must be >= heads * head_dim = "
                                                  << heads * head_dim);
   VQRT_CHECK(std::isfinite(scale), "decode_attention: scale must be finite, got " << scale);
+  VQRT_CHECK(queries_per_row >= 1 && batch % queries_per_row == 0,
+             "decode_attention: batch " << batch << " must be a multiple of queries_per_row "
+                                        << queries_per_row << " (>= 1)");
   VQRT_CHECK(batch == 0 || (q != nullptr && k_cache != nullptr && v_cache != nullptr &&
                             positions != nullptr && out != nullptr),
              "decode_attention: null device pointer");
@@ -219,7 +224,7 @@ void decode_attention_launch(const DecodeAttentionParams& p, cudaStream_t stream
                p.v_cache,  p.positions,    p.out,
                p.out_row_stride, p.error,  p.heads,
                static_cast<int>(p.head_dim), static_cast<int>(p.max_len), p.scale,
-               p.splits,   p.splits > 1 ? p.workspace : nullptr};
+               p.splits,   p.splits > 1 ? p.workspace : nullptr, p.queries_per_row};
   const unsigned pairs = static_cast<unsigned>(p.batch * p.heads);
   decode_attention_kernel<<<dim3(pairs, static_cast<unsigned>(p.splits)), kThreads, 0, stream>>>(a);
   VQRT_CUDA_CHECK(cudaGetLastError());

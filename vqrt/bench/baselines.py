@@ -100,9 +100,12 @@ def _draw_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 class UpstreamSampler(Contender):
     role, source = "baseline", "torch"
 
-    def __init__(self, gpt: GPT, prefix: Prefix, top_k: int, codebook_size: int):
+    def __init__(self, gpt: GPT, prefix: Prefix, top_k: int, codebook_size: int,
+                 device: str = "cpu"):
+        """device: where gpt's weights are (the prefix goes there too)."""
         cfg = gpt.cfg
         self.name = UPSTREAM
+        self._device = device
         self.weight_bytes = matrix_bytes(cfg.n_layer, cfg.n_embd, cfg.vocab_size, "fp32")
         self.kv_value_bytes = 4
         self._gpt, self._prefix, self._top_k, self._codes = gpt, prefix, top_k, codebook_size
@@ -110,7 +113,7 @@ class UpstreamSampler(Contender):
         self._pos = 0
 
     def start(self, batch: int) -> None:
-        prefix = torch.from_numpy(self._prefix(batch))
+        prefix = torch.from_numpy(self._prefix(batch)).to(self._device)
         logits, self._past = upstream_forward(self._gpt, prefix, None, 0)
         self._logits, self._pos = logits[:, -1], prefix.shape[1]
 
@@ -174,9 +177,12 @@ class StaticCacheSampler(Contender):
     role, source = "peer", "torch"
 
     def __init__(self, gpt: GPT, prefix: Prefix, top_k: int, codebook_size: int,
-                 dtype: torch.dtype = torch.bfloat16, compile_steps: bool = False):
+                 dtype: torch.dtype = torch.bfloat16, compile_steps: bool = False,
+                 device: str = "cpu"):
+        """device: where the cache and the copy of gpt's weights in `dtype` live."""
         cfg = gpt.cfg
-        self.model = StaticCacheGPT(gpt, dtype)
+        self.model = StaticCacheGPT(gpt, dtype).to(device)
+        self._device = device
         self._step = torch.compile(self.model, dynamic=False) if compile_steps else self.model
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
         self.name = f"torch static-cache {precision}{' compiled' if compile_steps else ''}"
@@ -190,17 +196,18 @@ class StaticCacheSampler(Contender):
     def start(self, batch: int) -> None:
         cfg = self.model.cfg
         shape = (cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        self._keys = torch.zeros(shape, dtype=self._dtype)
-        self._values = torch.zeros(shape, dtype=self._dtype)
-        prefix = torch.from_numpy(self._prefix(batch))
+        self._keys = torch.zeros(shape, dtype=self._dtype, device=self._device)
+        self._values = torch.zeros(shape, dtype=self._dtype, device=self._device)
+        prefix = torch.from_numpy(self._prefix(batch)).to(self._device)
         self._pos = prefix.shape[1]
-        self._logits = self.model(prefix, torch.arange(self._pos), self._keys, self._values)
+        self._logits = self.model(prefix, torch.arange(self._pos, device=self._device),
+                                  self._keys, self._values)
 
     @torch.inference_mode()
     def draw(self, k: int, last: bool) -> None:
         token = _draw_top_k(self._logits[:, :self._codes], self._top_k)
         if not last:
-            position = torch.tensor([self._pos])
+            position = torch.tensor([self._pos], device=self._device)
             self._logits = self._step(token, position, self._keys, self._values)
             self._pos += 1
 
