@@ -14,7 +14,7 @@ namespace vqrt {
 enum class CpuIsa : int { generic = 0, avx2 = 1, avx512 = 2 };
 
 // What the CPU (and the OS, which must save the wider registers) supports. avx512_bf16 selects
-// the vdpbf16ps matrix kernel (csrc/linear.h); avx512_vnni is detected but not used yet.
+// the vdpbf16ps matrix kernel, avx512_vnni the vpdpwssd int8 kernel (csrc/linear.h).
 struct CpuFeatures {
   bool avx2 = false;
   bool fma = false;

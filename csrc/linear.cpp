@@ -1,6 +1,8 @@
 // The generic matrix-product kernels (the reference) and the dispatch; see linear.h.
 #include "linear.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -10,17 +12,16 @@ namespace vqrt {
 
 namespace {
 
-// Weight element (o, i) widened to fp32; int8 stays unscaled (the scale multiplies the row sum).
+// Weight element (o, i) widened to fp32 (floating-point dtypes; int8 has its own kernel below).
 template <DType D>
 float weight_at(const WeightView& w, int64_t o, int64_t i) {
   const int64_t at = o * w.k + i;
   if constexpr (D == DType::f32) return static_cast<const float*>(w.data)[at];
   if constexpr (D == DType::f16) return half_to_float(static_cast<const uint16_t*>(w.data)[at]);
   if constexpr (D == DType::bf16) return bf16_to_float(static_cast<const uint16_t*>(w.data)[at]);
-  if constexpr (D == DType::i8) return static_cast<float>(static_cast<const int8_t*>(w.data)[at]);
 }
 
-// y[r, o] (+)= (sum_i W[o, i] x[r, i]) * scale[o] + bias[o], the sum in fp32 in index order.
+// y[r, o] (+)= sum_i W[o, i] x[r, i] + bias[o], the sum in fp32 in index order.
 template <DType D>
 void linear_generic(const LinearArgs& a) {
   const WeightView& w = *a.w;
@@ -30,16 +31,34 @@ void linear_generic(const LinearArgs& a) {
     for (int64_t o = a.col_begin; o < a.col_end; ++o) {
       float sum = 0.0f;
       for (int64_t i = 0; i < w.k; ++i) sum += weight_at<D>(w, o, i) * x[i];
-      if (D == DType::i8) sum *= w.scale[o];
       if (a.bias) sum += a.bias[o];
       y[o] = a.accumulate ? y[o] + sum : sum;
     }
   }
 }
 
+// int8: the integer product of linear.h, summed exactly in int64: the reference of the SIMD
+// int8 kernels, which must match it bit for bit.
+void linear_generic_i8(const LinearArgs& a) {
+  const WeightView& w = *a.w;
+  const QuantizedRows x = quantize_input(a);
+  const int8_t* q = static_cast<const int8_t*>(w.data);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    float* y = a.y + r * w.n;
+    const int16_t* xr = x.xq + r * x.k_padded;
+    for (int64_t o = a.col_begin; o < a.col_end; ++o) {
+      int64_t sum = 0;
+      for (int64_t i = 0; i < w.k; ++i) sum += int64_t{xr[i]} * q[o * w.k + i];
+      float v = static_cast<float>(sum) * x.scale[r] * w.scale[o];
+      if (a.bias) v += a.bias[o];
+      y[o] = a.accumulate ? y[o] + v : v;
+    }
+  }
+}
+
 const LinearKernels kGeneric = {CpuIsa::generic,          linear_generic<DType::f32>,
                                 linear_generic<DType::f16>, linear_generic<DType::bf16>,
-                                linear_generic<DType::i8>,  nullptr};
+                                linear_generic_i8,          nullptr};
 
 }  // namespace
 
@@ -80,6 +99,37 @@ float half_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+void quantize_rows_int16(const float* x, int64_t rows, int64_t k, int64_t k_padded, int16_t* xq,
+                         float* scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    int16_t* out = xq + r * k_padded;
+    float peak = 0.0f;
+    for (int64_t i = 0; i < k; ++i) peak = std::max(peak, std::fabs(xr[i]));
+    scale[r] = peak / 32767.0f;
+    const float inverse = peak > 0.0f ? 32767.0f / peak : 0.0f;
+    for (int64_t i = 0; i < k; ++i) {
+      // Round to nearest even without a libm call, so the loop vectorizes: adding and removing
+      // 1.5 * 2^23 leaves the integer part (exact for |v| < 2^22). |x * inverse| <= 32767 up to
+      // one rounding, which rounding to an integer cannot carry past 32767.
+      const float v = xr[i] * inverse;
+      out[i] = static_cast<int16_t>((v + 12582912.0f) - 12582912.0f);
+    }
+    std::fill(out + k, out + k_padded, int16_t{0});
+  }
+}
+
+QuantizedRows quantize_input(const LinearArgs& a) {
+  if (a.quantized != nullptr) return *a.quantized;
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> scale;
+  const int64_t k_padded = int8_padded_k(a.w->k);
+  xq.resize(a.rows * k_padded);
+  scale.resize(a.rows);
+  quantize_rows_int16(a.x, a.rows, a.w->k, k_padded, xq.data(), scale.data());
+  return {xq.data(), scale.data(), k_padded};
 }
 
 const LinearKernels& linear_kernels_generic() { return kGeneric; }

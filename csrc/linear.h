@@ -14,8 +14,13 @@
 // matrix-vector product.
 //
 // Numerics, the same for every ISA up to the order of the fp32 sums: W is widened to fp32 exactly
-// (int8 products are scaled after the row sum) and multiplied by fp32 x. The one exception is
-// the bf16-dot kernel (LinearKernels::bf16_dot), which rounds x to bf16 first: see there.
+// and multiplied by fp32 x. Two kinds round x first: the bf16-dot kernel (LinearKernels::bf16_dot,
+// x to bf16: see there) and int8 weights, whose kernels multiply integers: each row of x is
+// quantized to int16 (quantize_rows_int16: s_r = max_i |x[r, i]| / 32767, xq = rint(x / s_r)),
+// the sum of xq[r, i] * q[o, i] is exact (int32 lanes, widened to int64 before they could
+// overflow), and y = float(sum) * s_r * scale[o] + bias[o]. So int8 results are the same bits on
+// every ISA, and x's rounding (at most 2^-16 of its row's largest value) is far below the
+// weights' own.
 //
 // Every output value is computed by the same sequence of operations whatever the number of rows
 // in the call, the column range and the thread, so results never depend on the batch around a row
@@ -41,6 +46,13 @@ struct WeightView {
   int64_t k = 0;                 // input features
 };
 
+// x as the int8 kernels read it (quantize_rows_int16).
+struct QuantizedRows {
+  const int16_t* xq;   // [rows, k_padded]
+  const float* scale;  // [rows]
+  int64_t k_padded;
+};
+
 // The rows x columns block of y a call computes (see the top of this file).
 struct LinearArgs {
   const float* x;        // [rows, k]
@@ -51,6 +63,9 @@ struct LinearArgs {
   int64_t col_begin;     // output columns [col_begin, col_end) of [0, n)
   int64_t col_end;
   float* y;              // [rows, n]
+  // int8 weights: x already quantized by quantize_rows_int16 (the same for every column chunk
+  // of a product), or null to quantize it here.
+  const QuantizedRows* quantized = nullptr;
 };
 
 // One ISA's kernels; a dtype's entry is null where the ISA has no kernel for it.
@@ -79,6 +94,25 @@ const LinearKernels* linear_kernels_simd(CpuIsa isa);
 // Runs the kernel for a.w->dtype. bf16 weights with bf16_activations use bf16_dot, or where the
 // ISA has none the bf16 kernel on x rounded to bf16: the numerics follow the setting, not the CPU.
 void linear(const LinearKernels& kernels, const LinearArgs& a, bool bf16_activations);
+
+// int8 kernels' input: x [rows, k] -> xq [rows, k_padded] int16 (zeros past k) and scale
+// [rows] with x[r, i] ~ xq[r, i] * scale[r] (see the top of this file; an all-zero row has scale
+// 0). One scalar routine for every ISA, so the integers are identical everywhere.
+void quantize_rows_int16(const float* x, int64_t rows, int64_t k, int64_t k_padded, int16_t* xq,
+                         float* scale);
+// k_padded for the int8 kernels: k rounded up to a whole AVX-512 step (32 int16 values).
+inline int64_t int8_padded_k(int64_t k) { return (k + 31) / 32 * 32; }
+
+// The int8 kernels' input: a.quantized where the caller made it (once for every chunk of
+// columns of a product), else x quantized into this thread's buffers (valid until the thread's
+// next call).
+QuantizedRows quantize_input(const LinearArgs& a);
+
+// The AVX-512 int8 kernel with vpdpwssd (AVX512_VNNI) or without it (vpmaddwd + vpaddd), both
+// on every CPU that runs them: linear_kernels(avx512) picks one; tests compare both with the
+// generic kernel. nullptr on non-x86 builds.
+using LinearKernel = void (*)(const LinearArgs& a);
+LinearKernel linear_avx512_i8(bool vnni);
 
 // Conversions shared by the kernels and the tests.
 float half_to_float(uint16_t h);

@@ -1,6 +1,6 @@
 // AVX2 and AVX-512 matrix-product kernels (LinearKernels in linear.h).
 //
-// Each kernel is one template written once: `Weights` widens a run of weights of one dtype to
+// Floating-point weights: each kernel is one template written once: `Weights` widens a run of weights of one dtype to
 // fp32 lanes, and the tile computes R output columns for BT activation rows, holding R x BT
 // accumulators in registers so every weight loaded serves BT rows. Per output value the
 // operations are fixed (lane-wise FMAs along k in steps of the vector width, the zero-padded
@@ -60,13 +60,6 @@ struct Avx2Bf16 {
     const __m256i wide =
         _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-  }
-};
-struct Avx2I8 {
-  using T = int8_t;
-  static VQRT_AVX2 __m256 load(const T* p) {
-    return _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
 };
 
@@ -160,12 +153,6 @@ struct Avx512Bf16 {
   static VQRT_AVX512 __m512 load(const T* p, __mmask16 m) {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-  }
-};
-struct Avx512I8 {
-  using T = int8_t;
-  static VQRT_AVX512 __m512 load(const T* p, __mmask16 m) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
   }
 };
 
@@ -292,23 +279,128 @@ VQRT_AVX512_BF16_FN void linear_avx512_bf16_dot(const LinearArgs& a) {
   }
 }
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// int8 (linear.h): integer products of int16 x and int8 weights, csrc/linear_i8.inc stamped once
+// per instruction set under its #pragma GCC target (each copy in its own namespace).
+
+#define VQRT_I8_INLINE inline __attribute__((always_inline))
+// #pragma GCC target does not expand macros; _Pragma of a stringized argument does.
+#define VQRT_DO_PRAGMA(x) _Pragma(#x)
+#define VQRT_TARGET_PRAGMA(isa) VQRT_DO_PRAGMA(GCC target(isa))
+
+#pragma GCC push_options
+VQRT_TARGET_PRAGMA(VQRT_TARGET_AVX2)
+namespace i8_avx2 {
+using Vec = __m256i;
+#define VQRT_I8_LANES 16
+#define VQRT_I8_MAX_BT 4
+#define VQRT_I8_COLUMNS(bt) columns_per_tile_avx2(bt)
+VQRT_I8_INLINE Vec zero() { return _mm256_setzero_si256(); }
+VQRT_I8_INLINE Vec load_x(const int16_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+VQRT_I8_INLINE Vec load_w(const int8_t* p, int64_t n) {  // 16 int8 widened to int16
+  if (n == 16) return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  int8_t padded[16] = {};
+  for (int64_t j = 0; j < n; ++j) padded[j] = p[j];
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(padded)));
+}
+VQRT_I8_INLINE Vec dot(Vec acc, Vec x, Vec w) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
+}
+VQRT_I8_INLINE int64_t lane_sum(Vec v) {
+  const __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), wide);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#include "linear_i8.inc"
+#undef VQRT_I8_LANES
+#undef VQRT_I8_MAX_BT
+#undef VQRT_I8_COLUMNS
+}  // namespace i8_avx2
+#pragma GCC pop_options
+
+// AVX-512 twice: vpmaddwd + vpaddd, and vpdpwssd where the CPU has AVX512_VNNI.
+#define VQRT_I8_AVX512_HELPERS                                                                  \
+  using Vec = __m512i;                                                                          \
+  VQRT_I8_INLINE Vec zero() { return _mm512_setzero_si512(); }                                  \
+  VQRT_I8_INLINE Vec load_x(const int16_t* p) { return _mm512_loadu_si512(p); }                \
+  VQRT_I8_INLINE Vec load_w(const int8_t* p, int64_t n) { /* 32 int8 widened to int16 */      \
+    const __mmask32 m = n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);                    \
+    return _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, p));                                 \
+  }                                                                                             \
+  VQRT_I8_INLINE int64_t lane_sum(Vec v) {                                                      \
+    return _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v))) +          \
+           _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));     \
+  }
+#define VQRT_I8_LANES 32
+#define VQRT_I8_MAX_BT 8  // a number: linear_i8.inc tests it with #if
+static_assert(VQRT_I8_MAX_BT == kMaxBatchTile, "the int8 and fp32 tiles hold as many rows");
+#define VQRT_I8_COLUMNS(bt) columns_per_tile_avx512(bt)
+
+#pragma GCC push_options
+VQRT_TARGET_PRAGMA(VQRT_TARGET_AVX512)
+namespace i8_avx512 {
+VQRT_I8_AVX512_HELPERS
+VQRT_I8_INLINE Vec dot(Vec acc, Vec x, Vec w) {
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(x, w));
+}
+#include "linear_i8.inc"
+}  // namespace i8_avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+VQRT_TARGET_PRAGMA(VQRT_TARGET_AVX512_VNNI)
+namespace i8_avx512_vnni {
+VQRT_I8_AVX512_HELPERS
+VQRT_I8_INLINE Vec dot(Vec acc, Vec x, Vec w) { return _mm512_dpwssd_epi32(acc, x, w); }
+#include "linear_i8.inc"
+}  // namespace i8_avx512_vnni
+#pragma GCC pop_options
+#undef VQRT_I8_LANES
+#undef VQRT_I8_MAX_BT
+#undef VQRT_I8_COLUMNS
+#undef VQRT_I8_AVX512_HELPERS
+
+namespace {
+
+// The int8 entry points: x quantized (scalar, linear.cpp), then the stamped row loop.
+template <void (*Rows)(const LinearArgs&, const QuantizedRows&)>
+void linear_i8(const LinearArgs& a) {
+  Rows(a, quantize_input(a));
+}
+
 const LinearKernels kAvx2 = {CpuIsa::avx2,           linear_avx2<Avx2F32>, linear_avx2<Avx2F16>,
-                             linear_avx2<Avx2Bf16>,  linear_avx2<Avx2I8>,  nullptr};
-const LinearKernels kAvx512 = {CpuIsa::avx512,            linear_avx512<Avx512F32>,
-                               linear_avx512<Avx512F16>,  linear_avx512<Avx512Bf16>,
-                               linear_avx512<Avx512I8>,   nullptr};
-const LinearKernels kAvx512Bf16 = {CpuIsa::avx512,           linear_avx512<Avx512F32>,
-                                   linear_avx512<Avx512F16>, linear_avx512<Avx512Bf16>,
-                                   linear_avx512<Avx512I8>,  linear_avx512_bf16_dot};
+                             linear_avx2<Avx2Bf16>,  linear_i8<i8_avx2::linear_i8_rows>,
+                             nullptr};
+const LinearKernels kAvx512 = {CpuIsa::avx512,           linear_avx512<Avx512F32>,
+                               linear_avx512<Avx512F16>, linear_avx512<Avx512Bf16>,
+                               linear_i8<i8_avx512::linear_i8_rows>, nullptr};
 
 }  // namespace
+
+LinearKernel linear_avx512_i8(bool vnni) {
+  return vnni ? linear_i8<i8_avx512_vnni::linear_i8_rows> : linear_i8<i8_avx512::linear_i8_rows>;
+}
 
 const LinearKernels* linear_kernels_simd(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::avx2:
       return &kAvx2;
-    case CpuIsa::avx512:
-      return cpu_features().avx512_bf16 ? &kAvx512Bf16 : &kAvx512;
+    case CpuIsa::avx512: {
+      // The AVX-512 kernels with this CPU's optional extensions.
+      static const LinearKernels kernels = [] {
+        LinearKernels k = kAvx512;
+        if (cpu_features().avx512_bf16) k.bf16_dot = linear_avx512_bf16_dot;
+        if (cpu_features().avx512_vnni) k.i8 = linear_avx512_i8(true);
+        return k;
+      }();
+      return &kernels;
+    }
     case CpuIsa::generic:
       break;
   }

@@ -20,6 +20,7 @@
 #define VQRT_TARGET_AVX2 "avx2,fma,f16c"
 #define VQRT_TARGET_AVX512 "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
 #define VQRT_TARGET_AVX512_BF16 "avx512bf16,avx512f,avx512bw,avx512vl,avx2,fma,f16c"
+#define VQRT_TARGET_AVX512_VNNI "avx512vnni,avx512f,avx512bw,avx512vl,avx2,fma,f16c"
 // A kernel entry point, and an inline helper, of each ISA.
 #define VQRT_AVX2_FN __attribute__((target(VQRT_TARGET_AVX2)))
 #define VQRT_AVX2 __attribute__((target(VQRT_TARGET_AVX2), always_inline)) inline

@@ -142,6 +142,8 @@ Transformer::Transformer(const TransformerConfig& config,
   attn_.resize(max_rows_ * C);
   hidden_.resize(max_rows_ * 4 * C);
   normed_.resize(max_rows_ * C);
+  quantized_x_.resize(max_rows_ * int8_padded_k(4 * C));
+  quantized_scale_.resize(max_rows_);
   scores_.assign(pool_->size(), std::vector<float>(c.max_len));
 }
 
@@ -218,10 +220,18 @@ int64_t Transformer::chunk_count(int64_t macs, int64_t items) const {
 void Transformer::product(const WeightView& w, const float* x, int64_t rows, const float* bias,
                           bool accumulate, float* y, bool gelu) {
   const int64_t chunks = chunk_count(rows * w.n * w.k, (w.n + kColumnAlign - 1) / kColumnAlign);
+  QuantizedRows quantized{};
+  if (w.dtype == DType::i8 && chunks > 1) {  // once here, not in every chunk
+    quantized = {quantized_x_.data(), quantized_scale_.data(), int8_padded_k(w.k)};
+    quantize_rows_int16(x, rows, w.k, quantized.k_padded, quantized_x_.data(),
+                        quantized_scale_.data());
+  }
   pool_->run(chunks, [&](int, int64_t chunk) {
     const auto [begin, end] = chunk_range(w.n, chunk, chunks, kColumnAlign);
     if (begin == end) return;
-    linear(*linear_, {x, rows, &w, bias, accumulate, begin, end, y}, config_.bf16_activations);
+    LinearArgs args{x, rows, &w, bias, accumulate, begin, end, y};
+    if (quantized.xq != nullptr) args.quantized = &quantized;
+    linear(*linear_, args, config_.bf16_activations);
     for (int64_t r = 0; gelu && r < rows; ++r) gelu_(y + r * w.n + begin, end - begin);
   });
 }

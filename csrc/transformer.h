@@ -140,6 +140,10 @@ class Transformer {
   // LayerNorm output [max_rows, C]; per thread: attention scores [T_max].
   std::vector<float> normed_;
   std::vector<std::vector<float>> scores_;
+  // int8 weights: a product's input quantized once for all its column chunks, [max_rows, 4C
+  // rounded up] int16 and [max_rows] scales (linear.h, quantize_rows_int16).
+  std::vector<int16_t> quantized_x_;
+  std::vector<float> quantized_scale_;
   std::unique_ptr<ThreadPool> pool_;
 };
 

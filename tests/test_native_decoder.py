@@ -141,10 +141,26 @@ def test_greedy_tokens_equal_the_golden_ones(gpt, refs):
                                   refs["greedy_tokens"])
 
 
-@pytest.mark.parametrize("precision, tolerance", [("fp16", 1e-4), ("bf16", 1e-4), ("int8", 1e-4)])
+def int16_rows(_, inputs):
+    """csrc/linear.h's int8 input: each row rounded to steps of max |row| / 32767."""
+    x = inputs[0]
+    peak = x.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(peak > 0, 32767.0 / peak, torch.zeros_like(peak))
+    return (torch.round(x * inverse) * (peak / 32767.0),)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp16", 1e-4), ("bf16", 1e-4), ("int8", 2e-3)])
 def test_quantized_weights_match_torch_on_the_same_weights(gpt, refs, precision, tolerance):
+    """The same stored weights in torch; int8 products also round their input rows to int16
+    (linear.h), which torch does through pre-hooks on each Linear. An input within float noise
+    of a rounding boundary can round the other way (one step, 1/32767 of its row's peak, times a
+    weight), which on this model moves logits by up to ~5e-4: int8 compares within 2e-3."""
     tokens = refs["gpt_tokens"]
     tensors, dtypes, reference = native_weights(gpt, precision)
+    if precision == "int8":
+        for module in reference.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(int16_rows)
     decoder = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2)
     got = stepped_logits(decoder, tokens)
     np.testing.assert_allclose(got, torch_logits(reference, tokens), atol=tolerance, rtol=0)

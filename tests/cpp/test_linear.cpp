@@ -1,7 +1,9 @@
 // The matrix-product kernels (csrc/linear.h): every SIMD variant against the generic kernels for
 // each weight dtype, on lengths that are not multiples of the vector width, partial column
 // ranges, accumulation and bias; rows and column ranges never change a value; the bf16_dot
-// kernel against the bf16 kernel on rounded activations.
+// kernel against the bf16 kernel on rounded activations; the int8 kernels' integer products
+// (every variant bit for bit, across the chunks that keep int32 lanes from overflowing, and
+// close to the fp32 product of the dequantized weights).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -180,6 +182,56 @@ TEST(bf16_dot_matches_bf16_on_rounded_activations) {
       vqrt::linear(vqrt::linear_kernels_generic(),
                    {x.data(), rows, &w.view, bias.data(), false, 1, n, fallback.data()}, true);
       for (int64_t j = 0; j < rows * n; ++j) CHECK_EQ(fallback[j], ref[j]);
+    }
+  }
+}
+
+TEST(int8_kernels_are_exact_integer_products) {
+  std::vector<vqrt::LinearKernel> kernels;
+  if (vqrt::cpu_isa_runs(CpuIsa::avx2)) kernels.push_back(vqrt::linear_kernels(CpuIsa::avx2).i8);
+  if (vqrt::cpu_isa_runs(CpuIsa::avx512)) {
+    kernels.push_back(vqrt::linear_avx512_i8(false));
+    if (vqrt::cpu_features().avx512_vnni) kernels.push_back(vqrt::linear_avx512_i8(true));
+  }
+  if (kernels.empty()) SKIP("this CPU has neither AVX2 nor AVX-512");
+  std::mt19937 rng(3);
+  // 8200 and 9000 cross both chunk lengths (4096 int16 per AVX2 lane set, 8192 per AVX-512).
+  for (int64_t k : {5, 31, 33, 100, 4100, 8200, 9000}) {
+    for (int64_t rows : {1, 4, 9}) {
+      const int64_t n = 11;
+      Weight w(DType::i8, n, k, rng);
+      std::vector<float> x = random_vector(rows * k, rng);
+      if (k >= 4100) {  // the worst case for int32 lanes: every product at its largest
+        std::fill(w.i8.begin(), w.i8.begin() + k, int8_t{127});
+        std::fill(x.begin(), x.begin() + k, -3.0f);
+      }
+      const std::vector<float> zero(rows * n, 0.0f);
+      const auto ref = product(vqrt::linear_kernels_generic().i8, w, x, rows, nullptr, false, 0,
+                               n, zero);
+      for (vqrt::LinearKernel kernel : kernels) {
+        const auto got = product(kernel, w, x, rows, nullptr, false, 0, n, zero);
+        for (int64_t j = 0; j < rows * n; ++j) CHECK_EQ(got[j], ref[j]);
+      }
+      if (k >= 4100) {  // row 0, column 0: k * 32767 * 127 exceeds int32, and is exact here
+        CHECK_EQ(ref[0], static_cast<float>(-k * int64_t{32767} * 127) * (3.0f / 32767.0f) *
+                             w.scale[0]);
+      }
+      // The input's rounding is far below the weights': the product of the dequantized weights
+      // with fp32 x differs by at most half a step (peak / 32767) times sum |w| per output.
+      for (int64_t r = 0; r < rows; ++r) {
+        float peak = 0.0f;
+        for (int64_t i = 0; i < k; ++i) peak = std::max(peak, std::fabs(x[r * k + i]));
+        for (int64_t o = 0; o < n; ++o) {
+          double exact = 0.0, bound = 0.0;
+          for (int64_t i = 0; i < k; ++i) {
+            const double weight = double(w.i8[o * k + i]) * w.scale[o];
+            exact += weight * x[r * k + i];
+            bound += std::fabs(weight);
+          }
+          bound = bound * peak / 32767.0 * 0.5 + 1e-5 * std::fabs(exact) + 1e-6;
+          CHECK(std::fabs(ref[r * n + o] - exact) <= bound);
+        }
+      }
     }
   }
 }

@@ -114,7 +114,11 @@ TEST(isas_match_generic) {
       c.isa = isa;
       Transformer model(c, w.views);
       const std::vector<float> got = stepped_logits(model, tokens, batch, length);
-      for (size_t j = 0; j < ref.size(); ++j) CHECK_NEAR(got[j], ref[j], 2e-5, 2e-5);
+      // int8 products quantize their input to int16 (steps of 1/32767 of the row's peak), so
+      // an ISA's other ops (GELU, attention: within a float rounding of generic) can move an
+      // input by one step: a few 1e-5 of the row's peak per product, compounding over layers.
+      const double tolerance = dtype == DType::i8 ? 3e-4 : 2e-5;
+      for (size_t j = 0; j < ref.size(); ++j) CHECK_NEAR(got[j], ref[j], tolerance, tolerance);
     }
   }
 }
