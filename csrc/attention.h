@@ -5,6 +5,8 @@
 //                        [n_layer, 2, B_max, H, T_max, D], so a head's rows are contiguous)
 //   scores: [n_keys]     scratch
 //   out:    [d]          softmax(q k^T * scale) v
+// The cache rows are fp32 (k, v) or fp16 bit patterns (k16, v16, when set; widened exactly, so
+// an fp16 cache gives the fp32 kernel's result on the rounded values).
 // generic: plain loops and std::exp (the reference, and the CPU twin of issue 7's decode
 // attention); AVX2 / AVX-512: vector dot products and the exp of simd_math.h.
 #pragma once
@@ -23,6 +25,8 @@ struct AttentionArgs {
   float scale;     // 1 / sqrt(d)
   float* scores;
   float* out;
+  const uint16_t* k16 = nullptr;  // fp16 cache rows [n_keys, d] instead of k and v
+  const uint16_t* v16 = nullptr;
 };
 
 using AttentionKernel = void (*)(const AttentionArgs& a);

@@ -132,6 +132,32 @@ QuantizedRows quantize_input(const LinearArgs& a) {
   return {xq.data(), scale.data(), k_padded};
 }
 
+uint16_t float_to_half(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude >= 0x47800000u) {  // 2^16 and up: infinity (or NaN, kept quiet)
+    return static_cast<uint16_t>(sign | (magnitude > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  }
+  if (magnitude < 0x38800000u) {  // below 2^-14: a subnormal half, or zero
+    // Adding 0.5 places the half's subnormal step (2^-24) at the float's last mantissa bit, so
+    // the float adder rounds to nearest even; the low bits are then the half's mantissa.
+    float shifted;
+    std::memcpy(&shifted, &magnitude, sizeof shifted);
+    shifted += 0.5f;
+    uint32_t rounded;
+    std::memcpy(&rounded, &shifted, sizeof rounded);
+    return static_cast<uint16_t>(sign | (rounded - 0x3f000000u));
+  }
+  // Normal: rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits to nearest
+  // even (0xfff plus the kept lowest bit); a carry into the exponent is the correct result,
+  // up to 65504 + half a step, which becomes infinity.
+  const uint32_t odd = (magnitude >> 13) & 1u;
+  magnitude += 0xc8000000u + 0xfffu + odd;  // 0xc8000000 = (15 - 127) << 23, modulo 2^32
+  return static_cast<uint16_t>(sign | (magnitude >> 13));
+}
+
 const LinearKernels& linear_kernels_generic() { return kGeneric; }
 
 const LinearKernels& linear_kernels(CpuIsa isa) {

@@ -116,6 +116,8 @@ LinearKernel linear_avx512_i8(bool vnni);
 
 // Conversions shared by the kernels and the tests.
 float half_to_float(uint16_t h);
+// IEEE binary32 -> binary16, round to nearest even; overflow to infinity, NaN stays NaN.
+uint16_t float_to_half(float f);
 inline float bf16_to_float(uint16_t b) {
   const uint32_t bits = static_cast<uint32_t>(b) << 16;
   float f;

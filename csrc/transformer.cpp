@@ -136,7 +136,21 @@ Transformer::Transformer(const TransformerConfig& config,
   pool_ = std::make_unique<ThreadPool>(threads);
 
   max_rows_ = std::max(c.max_batch, kPrefillRows);
-  kv_cache_.assign(c.n_layer * 2 * c.max_batch * c.n_head * c.max_len * head_dim_, 0.0f);
+  if (!c.kv_f16) {
+    bool reduced = head_.dtype != DType::f32;
+    for (const Layer& l : layers_) {
+      for (const WeightView* w : {&l.qkv, &l.proj, &l.fc, &l.mlp_proj}) {
+        reduced = reduced || w->dtype != DType::f32;
+      }
+    }
+    c.kv_f16 = reduced;
+  }
+  const int64_t cache_size = c.n_layer * 2 * c.max_batch * c.n_head * c.max_len * head_dim_;
+  if (*c.kv_f16) {
+    kv_cache16_.assign(cache_size, 0);
+  } else {
+    kv_cache_.assign(cache_size, 0.0f);
+  }
   x_.resize(max_rows_ * C);
   qkv_.resize(max_rows_ * 3 * C);
   attn_.resize(max_rows_ * C);
@@ -206,10 +220,10 @@ void Transformer::rewind(int64_t length) {
   length_ = length;
 }
 
-float* Transformer::cache_at(int64_t layer, int64_t kv, int64_t b, int64_t h, int64_t t) {
+int64_t Transformer::cache_offset(int64_t layer, int64_t kv, int64_t b, int64_t h,
+                                  int64_t t) const {
   const TransformerConfig& c = config_;
-  return kv_cache_.data() +
-         ((((layer * 2 + kv) * c.max_batch + b) * c.n_head + h) * c.max_len + t) * head_dim_;
+  return ((((layer * 2 + kv) * c.max_batch + b) * c.n_head + h) * c.max_len + t) * head_dim_;
 }
 
 int64_t Transformer::chunk_count(int64_t macs, int64_t items) const {
@@ -275,19 +289,31 @@ void Transformer::forward(const int64_t* tokens, int64_t batch, int64_t start, i
 void Transformer::attention_rows(int64_t layer, int64_t start, int64_t count, int64_t b,
                                  int64_t h, float* scores) {
   const int64_t C = config_.n_embd, D = head_dim_;
-  float* k_cache = cache_at(layer, 0, b, h, 0);  // [T_max, D]
-  float* v_cache = cache_at(layer, 1, b, h, 0);
-  for (int64_t j = 0; j < count; ++j) {
+  const int64_t k_at = cache_offset(layer, 0, b, h, 0), v_at = cache_offset(layer, 1, b, h, 0);
+  for (int64_t j = 0; j < count; ++j) {  // rows [T_max, D] of this head, at start + j
     const float* qkv = qkv_.data() + (b * count + j) * 3 * C;  // q | k | v, head h at h * D
-    std::copy(qkv + C + h * D, qkv + C + (h + 1) * D, k_cache + (start + j) * D);
-    std::copy(qkv + 2 * C + h * D, qkv + 2 * C + (h + 1) * D, v_cache + (start + j) * D);
+    const int64_t row = (start + j) * D;
+    if (*config_.kv_f16) {
+      for (int64_t i = 0; i < D; ++i) {
+        kv_cache16_[k_at + row + i] = float_to_half(qkv[C + h * D + i]);
+        kv_cache16_[v_at + row + i] = float_to_half(qkv[2 * C + h * D + i]);
+      }
+    } else {
+      std::copy(qkv + C + h * D, qkv + C + (h + 1) * D, kv_cache_.data() + k_at + row);
+      std::copy(qkv + 2 * C + h * D, qkv + 2 * C + (h + 1) * D, kv_cache_.data() + v_at + row);
+    }
   }
   for (int64_t j = 0; j < count; ++j) {
     const int64_t r = b * count + j;
     AttentionArgs a;
     a.q = qkv_.data() + r * 3 * C + h * D;
-    a.k = k_cache;
-    a.v = v_cache;
+    if (*config_.kv_f16) {
+      a.k16 = kv_cache16_.data() + k_at;
+      a.v16 = kv_cache16_.data() + v_at;
+    } else {
+      a.k = kv_cache_.data() + k_at;
+      a.v = kv_cache_.data() + v_at;
+    }
     a.n_keys = start + j + 1;  // causal: positions 0..start+j
     a.d = D;
     a.scale = 1.0f / std::sqrt(static_cast<float>(D));

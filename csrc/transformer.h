@@ -9,8 +9,11 @@
 // and laid out as "vqrt-native-1" (export/native_weights.py). Linear weights are F32, F16, BF16
 // or I8 (+ `<name>_scale` F32 [out]); everything else F32.
 //
-// The KV cache is float32 [n_layer, 2 (key, value), B_max, H, T_max, D], the layout of the ONNX
-// step graph. Rows 0..B-1 of a call use rows 0..B-1 of the cache.
+// The KV cache is [n_layer, 2 (key, value), B_max, H, T_max, D], the layout of the ONNX step
+// graph, in float32, or in fp16 with kv_f16 (half the memory and half the bytes each step's
+// attention reads; keys and values rounded to nearest once, when written; one beyond fp16's
+// 65504 becomes infinite and the logits NaN, which the sampler refuses with an error). Rows
+// 0..B-1 of a call use rows 0..B-1 of the cache.
 //
 // Work is split over a persistent thread pool (thread_pool.h) by output columns of every matrix
 // product and by (row, head) pairs in attention, in chunks that idle threads claim; a product or
@@ -51,6 +54,10 @@ struct TransformerConfig {
   int64_t min_parallel_macs = int64_t{1} << 16;
   bool bf16_activations = false;  // bf16 weights only: x rounded to bf16 before each product
                                   // (vdpbf16ps where the CPU has it); see linear.h
+  // The KV cache in fp16 (see above); default (nullopt): when any Linear weight is not F32, so
+  // reduced-precision weights get the smaller cache and fp32 weights keep fp32 numerics. The
+  // constructor resolves it: config().kv_f16 always holds a value.
+  std::optional<bool> kv_f16;
   std::optional<CpuIsa> isa;    // kernels to use; default cpu_isa_active()
 };
 
@@ -94,8 +101,6 @@ class Transformer {
   const TransformerConfig& config() const { return config_; }
   CpuIsa isa() const { return isa_; }
   int num_threads() const;
-  // The cache, [n_layer, 2, B_max, H, T_max, D].
-  const float* kv_cache() const { return kv_cache_.data(); }
 
  private:
   struct Layer {
@@ -117,7 +122,8 @@ class Transformer {
   // Writes keys and values of rows (b, 0..count-1) for head h into the cache, then attends.
   void attention_rows(int64_t layer, int64_t start, int64_t count, int64_t b, int64_t h,
                       float* scores);
-  float* cache_at(int64_t layer, int64_t kv, int64_t b, int64_t h, int64_t t);
+  // Element offset of cache row (layer, key or value, b, h, position t).
+  int64_t cache_offset(int64_t layer, int64_t kv, int64_t b, int64_t h, int64_t t) const;
 
   TransformerConfig config_;
   int64_t head_dim_ = 0;
@@ -131,7 +137,8 @@ class Transformer {
   WeightView head_;
   std::vector<Layer> layers_;
 
-  std::vector<float> kv_cache_;
+  std::vector<float> kv_cache_;       // float32 cache, or
+  std::vector<uint16_t> kv_cache16_;  // the fp16 cache (kv_f16)
   int64_t length_ = 0;
   int64_t batch_ = 0;
 

@@ -67,17 +67,21 @@ class NativeDecoder:
         num_threads: worker threads, 0 = one per core; never changes the results.
         bf16_activations: with BF16 weights, round activations to bf16 before each product
             (vdpbf16ps where the CPU has it: faster batched steps, less exact logits).
+        kv_f16: keep the KV cache in fp16 (half its memory and of the bytes each step's
+            attention reads; keys and values rounded once). Default (csrc/transformer.h): when
+            the Linear weights are not all fp32 (the cache then rounds less than the weights
+            do); fp32 weights keep an fp32 cache, so their tokens equal the fp32 references.
     """
 
     def __init__(self, shape: GPTShape, tensors: Mapping[str, np.ndarray],
                  dtypes: Optional[Mapping[str, str]] = None, *, max_batch: int = 1,
                  max_len: Optional[int] = None, num_threads: int = 0,
-                 bf16_activations: bool = False):
+                 bf16_activations: bool = False, kv_f16: Optional[bool] = None):
         self.shape = shape
         self._model = _native.NativeTransformer(
             asdict(shape), dict(tensors), tag_dtypes(tensors, dtypes), operator.index(max_batch),
             0 if max_len is None else operator.index(max_len), operator.index(num_threads),
-            bool(bf16_activations))
+            bool(bf16_activations), None if kv_f16 is None else bool(kv_f16))
 
     def prefill(self, tokens) -> np.ndarray:
         """tokens int64 [B, T] at positions 0..T-1 (replacing anything cached) -> logits
@@ -127,3 +131,8 @@ class NativeDecoder:
     @property
     def max_len(self) -> int:
         return self._model.max_len
+
+    @property
+    def kv_f16(self) -> bool:
+        """Whether the KV cache is fp16 (see the constructor)."""
+        return self._model.kv_f16

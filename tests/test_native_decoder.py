@@ -151,17 +151,19 @@ def int16_rows(_, inputs):
 
 @pytest.mark.parametrize("precision, tolerance", [("fp16", 1e-4), ("bf16", 1e-4), ("int8", 2e-3)])
 def test_quantized_weights_match_torch_on_the_same_weights(gpt, refs, precision, tolerance):
-    """The same stored weights in torch; int8 products also round their input rows to int16
-    (linear.h), which torch does through pre-hooks on each Linear. An input within float noise
-    of a rounding boundary can round the other way (one step, 1/32767 of its row's peak, times a
-    weight), which on this model moves logits by up to ~5e-4: int8 compares within 2e-3."""
+    """The same stored weights in torch, with an fp32 cache as torch's (the fp16 default of
+    reduced-precision weights is tested below); int8 products also round their input rows to
+    int16 (linear.h), which torch does through pre-hooks on each Linear. An input within float
+    noise of a rounding boundary can round the other way (one step, 1/32767 of its row's peak,
+    times a weight), which on this model moves logits by up to ~5e-4: int8 compares within
+    2e-3."""
     tokens = refs["gpt_tokens"]
     tensors, dtypes, reference = native_weights(gpt, precision)
     if precision == "int8":
         for module in reference.modules():
             if isinstance(module, torch.nn.Linear):
                 module.register_forward_pre_hook(int16_rows)
-    decoder = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2)
+    decoder = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2, kv_f16=False)
     got = stepped_logits(decoder, tokens)
     np.testing.assert_allclose(got, torch_logits(reference, tokens), atol=tolerance, rtol=0)
     drift = np.abs(got - torch_logits(gpt, tokens)).max()
@@ -179,7 +181,8 @@ def test_bf16_activations_match_torch_with_rounded_inputs(gpt, refs):
         if isinstance(module, torch.nn.Linear):
             module.register_forward_pre_hook(
                 lambda _, inputs: (inputs[0].to(torch.bfloat16).float(),))
-    decoder = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2, bf16_activations=True)
+    decoder = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2, bf16_activations=True,
+                            kv_f16=False)
     got = stepped_logits(decoder, tokens)
     expected = torch_logits(reference, tokens)
     np.testing.assert_allclose(got, expected, atol=0.05, rtol=0)
@@ -187,6 +190,19 @@ def test_bf16_activations_match_torch_with_rounded_inputs(gpt, refs):
     drift = np.abs(got - torch_logits(gpt, tokens)).max()
     agree = (got.argmax(-1) == refs["gpt_logits"].argmax(-1)).mean()
     print(f"bf16 activations: max |logit - fp32 logit| {drift:.2e}, argmax agreement {agree:.3f}")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_the_cache_is_fp16_for_reduced_weights_by_default(gpt, refs, precision):
+    """Reduced-precision weights default to an fp16 KV cache (keys and values rounded once):
+    logits within a few 1e-3 of the fp32 cache's; fp32 weights keep fp32."""
+    tokens = refs["gpt_tokens"]
+    tensors, dtypes, _ = native_weights(gpt, precision)
+    default = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2)
+    assert default.kv_f16 == (precision != "fp32")
+    exact = NativeDecoder(shape_of(gpt), tensors, dtypes, max_batch=2, kv_f16=False)
+    np.testing.assert_allclose(stepped_logits(default, tokens), stepped_logits(exact, tokens),
+                               atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])

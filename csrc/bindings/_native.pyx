@@ -8,7 +8,9 @@ same messages. One section per op; add new ops the same way.
 """
 from cython.operator cimport dereference as deref
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libcpp cimport bool as cbool
 from libcpp.map cimport map
+from libcpp.optional cimport optional
 from libcpp.string cimport string
 
 cimport vqrt_core as core
@@ -153,8 +155,8 @@ cdef class NativeTransformer:
     tensors: name -> C-contiguous numpy array ("vqrt-native-1" names and shapes); the arrays are
         kept referenced here and read in place, never copied.
     dtypes: name -> "F32", "F16", "BF16" (uint16 bit patterns) or "I8"; names not listed are F32.
-    max_batch, max_len (0 = block_size), num_threads (0 = one per core), bf16_activations: as
-        TransformerConfig in csrc/transformer.h.
+    max_batch, max_len (0 = block_size), num_threads (0 = one per core), bf16_activations,
+        kv_f16: as TransformerConfig in csrc/transformer.h.
 
     Use vqrt.runtime.native_decoder.NativeDecoder, which allocates the outputs. C++ checks every
     tensor's presence, shape and dtype and raises ValueError naming it.
@@ -163,7 +165,8 @@ cdef class NativeTransformer:
     cdef dict _tensors
 
     def __cinit__(self, dict config, dict tensors, dict dtypes, int64_t max_batch=1,
-                  int64_t max_len=0, int num_threads=0, bint bf16_activations=False):
+                  int64_t max_len=0, int num_threads=0, bint bf16_activations=False,
+                  kv_f16=None):
         cdef core.TransformerConfig c
         c.n_layer = config["n_layer"]
         c.n_head = config["n_head"]
@@ -174,6 +177,10 @@ cdef class NativeTransformer:
         c.max_len = max_len
         c.num_threads = num_threads
         c.bf16_activations = bf16_activations
+        if kv_f16 is not None:  # else the C++ default: by the weights' dtypes
+            # Of a C++ bool: an optional<int> would become optional<bool> through its operator
+            # bool (has_value), so False would read as True.
+            c.kv_f16 = optional[cbool](<cbool>kv_f16)
         self._model = new core.Transformer(c, _tensor_views(tensors, dtypes))
         self._tensors = dict(tensors)
 
@@ -221,6 +228,11 @@ cdef class NativeTransformer:
     @property
     def num_threads(self):
         return self._model.num_threads()
+
+    @property
+    def kv_f16(self):
+        """Whether the KV cache is fp16."""
+        return self._model.config().kv_f16.value()
 
     @property
     def max_batch(self):

@@ -4,6 +4,7 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libcpp cimport bool
 from libcpp.map cimport map
+from libcpp.optional cimport optional
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
@@ -66,6 +67,7 @@ cdef extern from "transformer.h" namespace "vqrt" nogil:
         int64_t max_len
         int num_threads
         bool bf16_activations
+        optional[bool] kv_f16
 
     cdef cppclass TensorView:
         DType dtype

@@ -7,8 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "check.h"
 #include "cpu_features.h"
@@ -234,6 +239,39 @@ TEST(int8_kernels_are_exact_integer_products) {
       }
     }
   }
+}
+
+#if defined(__x86_64__)
+// The hardware's conversion (vcvtps2ph, round to nearest even) as the oracle of float_to_half.
+__attribute__((target("f16c"))) uint16_t f16c_half(float f) {
+  return static_cast<uint16_t>(
+      _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT), 0));
+}
+#endif
+
+TEST(float_to_half_rounds_to_nearest_even) {
+  CHECK_EQ(vqrt::float_to_half(1.0f), 0x3c00);
+  CHECK_EQ(vqrt::float_to_half(65504.0f), 0x7bff);
+  CHECK_EQ(vqrt::float_to_half(65520.0f), 0x7c00);                // half a step above: inf
+  CHECK_EQ(vqrt::float_to_half(std::ldexp(1.0f, -24)), 0x0001);    // smallest subnormal
+  CHECK_EQ(vqrt::float_to_half(std::ldexp(1.0f, -25)), 0x0000);    // a tie, to even (zero)
+  CHECK_EQ(vqrt::float_to_half(-std::ldexp(3.0f, -25)), 0x8002);   // a tie, to even (2)
+  CHECK_EQ(vqrt::float_to_half(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // a tie, to even
+#if defined(__x86_64__)
+  if (!vqrt::cpu_features().f16c) SKIP("this CPU has no F16C to compare with");
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<uint32_t> any_bits;
+  for (int i = 0; i < 200000; ++i) {  // every exponent: normals, subnormals, inf, NaN
+    const uint32_t bits = any_bits(rng);
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    if (std::isnan(f)) {
+      CHECK_EQ(vqrt::float_to_half(f) & 0x7e00, 0x7e00);
+      continue;
+    }
+    CHECK_EQ(vqrt::float_to_half(f), f16c_half(f));
+  }
+#endif
 }
 
 TEST(half_to_float_known_values) {

@@ -77,31 +77,59 @@ TEST(cached_steps_match_full_prefill) {
 }
 
 TEST(batch_rows_match_rows_alone_and_threads_do_not_matter) {
-  const TransformerConfig base = small_config();
-  RandomWeights w(base, DType::bf16, 4);
-  const int64_t batch = 9, length = 12, V = base.vocab_size;
-  const std::vector<int64_t> tokens = random_tokens(batch * length, V, 5);
-  TransformerConfig c = base;
-  c.num_threads = 2;
-  c.min_parallel_macs = 0;  // split every product and attention into chunks, however small
-  Transformer batched(c, w.views);
-  const std::vector<float> all = stepped_logits(batched, tokens, batch, length);
-  for (int threads : {1, 3}) {
-    c.num_threads = threads;
-    Transformer model(c, w.views);
-    for (int64_t b : {0, 4, 8}) {
-      const std::vector<int64_t> row(tokens.begin() + b * length,
-                                     tokens.begin() + (b + 1) * length);
-      const std::vector<float> alone = stepped_logits(model, row, 1, length);
-      for (int64_t t = 0; t < length; ++t) {
-        for (int64_t v = 0; v < V; ++v) CHECK_EQ(alone[t * V + v], all[(t * batch + b) * V + v]);
+  for (bool kv_f16 : {false, true}) {  // either cache
+    TransformerConfig base = small_config();
+    base.kv_f16 = kv_f16;
+    RandomWeights w(base, DType::bf16, 4);
+    const int64_t batch = 9, length = 12, V = base.vocab_size;
+    const std::vector<int64_t> tokens = random_tokens(batch * length, V, 5);
+    TransformerConfig c = base;
+    c.num_threads = 2;
+    c.min_parallel_macs = 0;  // split every product and attention into chunks, however small
+    Transformer batched(c, w.views);
+    const std::vector<float> all = stepped_logits(batched, tokens, batch, length);
+    for (int threads : {1, 3}) {
+      c.num_threads = threads;
+      Transformer model(c, w.views);
+      for (int64_t b : {0, 4, 8}) {
+        const std::vector<int64_t> row(tokens.begin() + b * length,
+                                       tokens.begin() + (b + 1) * length);
+        const std::vector<float> alone = stepped_logits(model, row, 1, length);
+        for (int64_t t = 0; t < length; ++t) {
+          for (int64_t v = 0; v < V; ++v) {
+            CHECK_EQ(alone[t * V + v], all[(t * batch + b) * V + v]);
+          }
+        }
       }
     }
   }
 }
 
+// An fp16 cache holds keys and values rounded to fp16 (11 significant bits): the logits move by
+// a few 1e-3 of their size, and a prefill writes the same rounded rows that steps write.
+TEST(fp16_cache_is_close_to_fp32_and_consistent) {
+  TransformerConfig c = small_config();
+  RandomWeights w(c, DType::f32, 8);
+  const int64_t batch = 3, length = 25, V = c.vocab_size;
+  const std::vector<int64_t> tokens = random_tokens(batch * length, V, 9);
+  Transformer exact(c, w.views);
+  CHECK(!*exact.config().kv_f16);  // the default for fp32 weights
+  CHECK(*Transformer(c, RandomWeights(c, DType::bf16, 8).views).config().kv_f16);
+  c.kv_f16 = true;
+  Transformer half(c, w.views);
+  const std::vector<float> ref = stepped_logits(exact, tokens, batch, length);
+  const std::vector<float> got = stepped_logits(half, tokens, batch, length);
+  for (size_t j = 0; j < ref.size(); ++j) CHECK_NEAR(got[j], ref[j], 1e-2, 1e-2);
+  std::vector<float> full(batch * V);
+  half.prefill(tokens.data(), batch, length, full.data());
+  for (int64_t j = 0; j < batch * V; ++j) CHECK_EQ(full[j], got[(length - 1) * batch * V + j]);
+}
+
 TEST(isas_match_generic) {
   TransformerConfig c = small_config();
+  // An fp32 cache: an fp16 one would round keys that differ by a float rounding between ISAs
+  // to different halves (test_transformer_ops.cpp checks the fp16-cache kernels on equal rows).
+  c.kv_f16 = false;
   for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::i8}) {
     RandomWeights w(c, dtype, 6);
     const int64_t batch = 2, length = 20;

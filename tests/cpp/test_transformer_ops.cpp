@@ -11,6 +11,7 @@
 #include "embedding.h"
 #include "gelu.h"
 #include "layer_norm.h"
+#include "linear.h"
 
 using vqrt::CpuIsa;
 
@@ -61,6 +62,40 @@ TEST(attention_simd_matches_generic) {
     }
   }
   if (compared == 0) SKIP("this CPU has neither AVX2 nor AVX-512");
+}
+
+// An fp16 cache is read exactly: every kernel on the fp16 rows gives the generic kernel's result
+// on their fp32 values.
+TEST(attention_over_an_fp16_cache) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t d : {5, 12, 16, 64, 70}) {
+    for (int64_t n_keys : {1, 17, 257}) {
+      std::vector<float> q(d), k(n_keys * d), v(n_keys * d);
+      std::vector<uint16_t> k16(k.size()), v16(v.size());
+      for (float& x : q) x = 3.0f * normal(rng);
+      for (size_t i = 0; i < k.size(); ++i) {
+        k16[i] = vqrt::float_to_half(normal(rng));
+        v16[i] = vqrt::float_to_half(normal(rng));
+        k[i] = vqrt::half_to_float(k16[i]);
+        v[i] = vqrt::half_to_float(v16[i]);
+      }
+      std::vector<float> scores(n_keys), ref(d), got(d);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      vqrt::attention_kernel(CpuIsa::generic)(
+          {q.data(), k.data(), v.data(), n_keys, d, scale, scores.data(), ref.data()});
+      for (CpuIsa isa : {CpuIsa::generic, CpuIsa::avx2, CpuIsa::avx512}) {
+        if (!vqrt::cpu_isa_runs(isa)) continue;
+        vqrt::AttentionArgs a{q.data(), nullptr, nullptr, n_keys, d, scale, scores.data(),
+                              got.data()};
+        a.k16 = k16.data();
+        a.v16 = v16.data();
+        vqrt::attention_kernel(isa)(a);
+        const double tolerance = isa == CpuIsa::generic ? 0.0 : 1e-5;
+        for (int64_t i = 0; i < d; ++i) CHECK_NEAR(got[i], ref[i], tolerance, tolerance);
+      }
+    }
+  }
 }
 
 TEST(attention_of_one_key_is_its_value) {
