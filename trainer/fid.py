@@ -201,17 +201,9 @@ class FIDInception(nn.Module):
 def load_fid_inception(path: Path) -> FIDInception:
     """The FID Inception with weights from path (pytorch-fid's .pth, or safetensors with its
     keys); BatchNorm's num_batches_tracked may be present or not."""
-    from vqrt.trainer.training import TrainingError
-    if not path.is_file():
-        raise TrainingError(f"{path}: Inception weights not found")
-    from safetensors import SafetensorError
-    from vqrt.trainer.checkpoints import CheckpointError
     from vqrt.trainer.losses import read_weights_file
-    try:
-        state = read_weights_file(path)
-    except (SafetensorError, CheckpointError, OSError) as e:
-        raise TrainingError(f"{path}: not a readable safetensors or torch weights file "
-                            f"({' '.join(str(e).split())})")
+    from vqrt.trainer.training import TrainingError
+    state = read_weights_file(path, "Inception weights")
     model = FIDInception()
     expected = {k: v for k, v in model.state_dict().items()
                 if not k.endswith("num_batches_tracked")}

@@ -146,30 +146,32 @@ class LPIPS(nn.Module):
         return distance
 
 
-def read_weights_file(path: Path) -> Dict[str, torch.Tensor]:
-    """A weights file: safetensors, or a torch file read safely (see below) -> name -> tensor."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    # Torch files go through the checkpoint reader: weights_only, or its restricted unpickler
-    # for Lightning files, so an upstream VQGAN .ckpt can lend its loss.perceptual_loss.*.
-    from vqrt.trainer.checkpoints import _lightning_state_dict
-    return _lightning_state_dict(path)
+def read_weights_file(path: Path, what: str) -> Dict[str, torch.Tensor]:
+    """A weights file the user supplies (`what` names it in errors): safetensors, or a torch
+    file read safely (see below) -> name -> tensor; TrainingError if missing or unreadable."""
+    from safetensors import SafetensorError
+    from vqrt.trainer.checkpoints import CheckpointError, _lightning_state_dict
+    from vqrt.trainer.training import TrainingError
+    if not path.is_file():
+        raise TrainingError(f"{path}: {what} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        # Torch files go through the checkpoint reader: weights_only, or its restricted
+        # unpickler for Lightning files, so an upstream VQGAN .ckpt can lend its
+        # loss.perceptual_loss.*.
+        return _lightning_state_dict(path)
+    except (SafetensorError, CheckpointError, OSError) as e:
+        raise TrainingError(f"{path}: not a readable safetensors or torch weights file "
+                            f"({' '.join(str(e).split())})")
 
 
 def load_lpips(path: Path) -> LPIPS:
     """LPIPS with weights from path: a safetensors or torch file holding the LPIPS keys (bare,
     or under loss.perceptual_loss. as in an upstream VQGAN checkpoint)."""
     from vqrt.trainer.training import TrainingError
-    if not path.is_file():
-        raise TrainingError(f"{path}: perceptual weights not found")
-    from safetensors import SafetensorError
-    from vqrt.trainer.checkpoints import CheckpointError
-    try:
-        state = read_weights_file(path)
-    except (SafetensorError, CheckpointError, OSError) as e:
-        raise TrainingError(f"{path}: not a readable safetensors or torch weights file "
-                            f"({' '.join(str(e).split())})")
+    state = read_weights_file(path, "perceptual weights")
     if any(k.startswith(UPSTREAM_PREFIX) for k in state):
         state = {k[len(UPSTREAM_PREFIX):]: v for k, v in state.items()
                  if k.startswith(UPSTREAM_PREFIX)}
