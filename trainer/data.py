@@ -234,12 +234,14 @@ def _paired_dataset(root: Path, pairs: Sequence[Tuple[Path, Path]], size: int,
 
 def load_segmentations(root: Path, size: int, n_labels: int, val_fraction: float,
                        with_photos: bool) -> Dataset:
-    """Label maps of root/segmentations paired with root/images by relative path (photo of
-    any image suffix, map .png). with_photos: also decode the photos."""
+    """Label maps of root/segmentations paired with root/images by relative path (photo and map
+    of any image suffix; maps should be .png). with_photos: also decode the photos."""
     def load_map(path: Path, size: int, photo_size: Tuple[int, int]):
         return {"segmentation": load_label_map(path, size, n_labels, photo_size)}
 
-    pairs = _paired(root, SEGMENTATIONS_DIR, "segmentation", (".png",))
+    # Maps of any image suffix are accepted; .png (lossless, what label maps should be) first,
+    # as the one messages name.
+    pairs = _paired(root, SEGMENTATIONS_DIR, "segmentation", (".png", ".jpg", ".jpeg"))
     return _paired_dataset(root, pairs, size, val_fraction, with_photos, load_map)
 
 
