@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from vqrt import _native
-from vqrt.runtime.native_decoder import GPTShape, tag_dtypes
+from vqrt.runtime.native_decoder import GPTShape, prefill_logits, step_logits, tag_dtypes
 
 __all__ = ["CudaUnavailable", "CudaWeights", "CudaDecoder", "cuda_unavailable_reason"]
 
@@ -76,21 +76,11 @@ class CudaDecoder:
     def prefill(self, tokens) -> np.ndarray:
         """tokens int64 [B, T] at positions 0..T-1 (replacing anything cached) -> logits
         float32 [B, V] predicting position T."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be 2-D [B, T], got shape {tokens.shape}")
-        logits = np.empty((tokens.shape[0], self._vocab), dtype=np.float32)
-        self._model.prefill(tokens, logits)
-        return logits
+        return prefill_logits(self._model, tokens, self._vocab)
 
     def step(self, tokens, position: int) -> np.ndarray:
         """tokens int64 [B] at `position` (the cached length) -> logits float32 [B, V]."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must be 1-D [B], got shape {tokens.shape}")
-        logits = np.empty((tokens.shape[0], self._vocab), dtype=np.float32)
-        self._model.step(tokens, operator.index(position), logits)
-        return logits
+        return step_logits(self._model, tokens, position, self._vocab)
 
     def generate(self, prefix, seeds, steps: int, *, top_k: int, top_p: float = 1.0,
                  temperature: float = 1.0, greedy: bool = False) -> np.ndarray:

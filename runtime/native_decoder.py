@@ -24,7 +24,7 @@ import numpy as np
 
 from vqrt import _native
 
-__all__ = ["GPTShape", "NativeDecoder", "tag_dtypes"]
+__all__ = ["GPTShape", "NativeDecoder", "prefill_logits", "step_logits", "tag_dtypes"]
 
 # numpy dtype -> safetensors name, for arrays given without a tag (uint16 needs one: BF16).
 _TAG_OF = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8"}
@@ -42,6 +42,27 @@ def tag_dtypes(tensors: Mapping[str, np.ndarray],
                                  f"(uint16 holds BF16 bit patterns)")
             tagged[name] = _TAG_OF[array.dtype]
     return tagged
+
+
+def prefill_logits(model, tokens, vocab: int) -> np.ndarray:
+    """A compiled decoder's prefill (vqrt._native NativeTransformer or GpuTransformer): tokens
+    int64 [B, T] -> logits float32 [B, vocab] (allocated here)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be 2-D [B, T], got shape {tokens.shape}")
+    logits = np.empty((tokens.shape[0], vocab), dtype=np.float32)
+    model.prefill(tokens, logits)
+    return logits
+
+
+def step_logits(model, tokens, position: int, vocab: int) -> np.ndarray:
+    """A compiled decoder's step: tokens int64 [B] at `position` -> logits float32 [B, vocab]."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be 1-D [B], got shape {tokens.shape}")
+    logits = np.empty((tokens.shape[0], vocab), dtype=np.float32)
+    model.step(tokens, operator.index(position), logits)
+    return logits
 
 
 @dataclass(frozen=True)
@@ -86,22 +107,12 @@ class NativeDecoder:
     def prefill(self, tokens) -> np.ndarray:
         """tokens int64 [B, T] at positions 0..T-1 (replacing anything cached) -> logits
         float32 [B, V] predicting position T."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be 2-D [B, T], got shape {tokens.shape}")
-        logits = np.empty((tokens.shape[0], self.shape.vocab_size), dtype=np.float32)
-        self._model.prefill(tokens, logits)
-        return logits
+        return prefill_logits(self._model, tokens, self.shape.vocab_size)
 
     def step(self, tokens, pos: int) -> np.ndarray:
         """tokens int64 [B] at position pos <= length (later positions are forgotten first) ->
         logits float32 [B, V] predicting position pos + 1."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must be 1-D [B], got shape {tokens.shape}")
-        logits = np.empty((tokens.shape[0], self.shape.vocab_size), dtype=np.float32)
-        self._model.step(tokens, operator.index(pos), logits)
-        return logits
+        return step_logits(self._model, tokens, pos, self.shape.vocab_size)
 
     def rewind(self, length: int) -> None:
         """Keeps cached positions [0, length)."""

@@ -124,6 +124,17 @@ _WEIGHT_DTYPES = {
 }
 
 
+cdef _check_call(int64_t batch, int64_t length, float[:, ::1] logits, int64_t vocab):
+    """A prefill's (length >= 1) or a step's (length -1) tokens and logits [batch, vocab]."""
+    if logits.shape[0] != batch or logits.shape[1] != vocab:
+        raise ValueError(f"logits must have shape ({batch}, {vocab}), got "
+                         f"({logits.shape[0]}, {logits.shape[1]})")
+    if length < 0 and batch == 0:
+        raise ValueError("tokens must be non-empty [B]")
+    if length >= 0 and (batch == 0 or length == 0):
+        raise ValueError(f"tokens must be non-empty [B, T], got ({batch}, {length})")
+
+
 cdef map[string, core.TensorView] _tensor_views(dict tensors, dict dtypes) except *:
     """name -> numpy array, name -> dtype tag -> the C++ views (borrowed: keep the arrays)."""
     cdef map[string, core.TensorView] views
@@ -190,30 +201,20 @@ cdef class NativeTransformer:
     def prefill(self, const int64_t[:, ::1] tokens, float[:, ::1] logits):
         """tokens int64 [B, T] at positions 0..T-1 -> logits float32 [B, V] of position T-1."""
         cdef int64_t batch = tokens.shape[0], length = tokens.shape[1]
-        self._check_logits(batch, logits)
-        if batch == 0 or length == 0:
-            raise ValueError(f"tokens must be non-empty [B, T], got ({batch}, {length})")
+        _check_call(batch, length, logits, self._model.config().vocab_size)
         with nogil:
             self._model.prefill(&tokens[0, 0], batch, length, &logits[0, 0])
 
     def step(self, const int64_t[::1] tokens, int64_t pos, float[:, ::1] logits):
         """tokens int64 [B] at position pos -> logits float32 [B, V]."""
         cdef int64_t batch = tokens.shape[0]
-        self._check_logits(batch, logits)
-        if batch == 0:
-            raise ValueError("tokens must be non-empty [B]")
+        _check_call(batch, -1, logits, self._model.config().vocab_size)
         with nogil:
             self._model.step(&tokens[0], batch, pos, &logits[0, 0])
 
     def rewind(self, int64_t length):
         """Keeps cached positions [0, length)."""
         self._model.rewind(length)
-
-    cdef _check_logits(self, int64_t batch, float[:, ::1] logits):
-        cdef int64_t vocab = self._model.config().vocab_size
-        if logits.shape[0] != batch or logits.shape[1] != vocab:
-            raise ValueError(f"logits must have shape ({batch}, {vocab}), got "
-                             f"({logits.shape[0]}, {logits.shape[1]})")
 
     @property
     def length(self):
@@ -303,18 +304,14 @@ cdef class GpuTransformer:
     def prefill(self, const int64_t[:, ::1] tokens, float[:, ::1] logits):
         """tokens int64 [B, T] at positions 0..T-1 -> logits float32 [B, sample_vocab]."""
         cdef int64_t batch = tokens.shape[0], length = tokens.shape[1]
-        self._check_logits(batch, logits)
-        if batch == 0 or length == 0:
-            raise ValueError(f"tokens must be non-empty [B, T], got ({batch}, {length})")
+        _check_call(batch, length, logits, self._sample_vocab)
         with nogil:
             self._model.prefill(&tokens[0, 0], batch, length, &logits[0, 0])
 
     def step(self, const int64_t[::1] tokens, int64_t pos, float[:, ::1] logits):
         """tokens int64 [B] at position pos -> logits float32 [B, sample_vocab]."""
         cdef int64_t batch = tokens.shape[0]
-        self._check_logits(batch, logits)
-        if batch == 0:
-            raise ValueError("tokens must be non-empty [B]")
+        _check_call(batch, -1, logits, self._sample_vocab)
         with nogil:
             self._model.step(&tokens[0], batch, pos, &logits[0, 0])
 
@@ -330,11 +327,6 @@ cdef class GpuTransformer:
         cdef core.SamplingParams p = _sampling_params(top_k, top_p, temperature, greedy, 0)
         with nogil:
             self._model.generate(&prefix[0, 0], batch, length, steps, &seeds[0], p, &out[0, 0])
-
-    cdef _check_logits(self, int64_t batch, float[:, ::1] logits):
-        if logits.shape[0] != batch or logits.shape[1] != self._sample_vocab:
-            raise ValueError(f"logits must have shape ({batch}, {self._sample_vocab}), got "
-                             f"({logits.shape[0]}, {logits.shape[1]})")
 
     @property
     def length(self):

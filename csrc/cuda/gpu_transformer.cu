@@ -50,13 +50,14 @@ void linear_row_to_half(const WeightView& w, int64_t o, __half* out) {
   }
 }
 
-// Device allocations owned by an object, zero-filled, freed with it.
+// Device allocations owned by an object, freed with it; zero-filled unless an upload is about
+// to overwrite them.
 class DeviceArena {
  public:
   template <typename T>
-  T* allocate(size_t count) {
+  T* allocate(size_t count, bool zero = true) {
     buffers_.emplace_back(std::max<size_t>(1, count) * sizeof(T));
-    VQRT_CUDA_CHECK(cudaMemset(buffers_.back().as<void>(), 0, buffers_.back().bytes()));
+    if (zero) VQRT_CUDA_CHECK(cudaMemset(buffers_.back().as<void>(), 0, buffers_.back().bytes()));
     return buffers_.back().as<T>();
   }
 
@@ -133,7 +134,7 @@ class GpuWeights {
     const float* host = f32_tensor(tensors, name, shape);
     size_t count = 1;
     for (int64_t d : shape) count *= static_cast<size_t>(d);
-    float* device = arena_.allocate<float>(count);
+    float* device = arena_.allocate<float>(count, false);
     VQRT_CUDA_CHECK(cudaMemcpy(device, host, count * sizeof(float), cudaMemcpyHostToDevice));
     return device;
   }
@@ -144,7 +145,7 @@ class GpuWeights {
     const WeightView w = weight_view(tensors, name, n, k);
     std::vector<__half> host(static_cast<size_t>(rows * k));
     for (int64_t o = 0; o < rows; ++o) linear_row_to_half(w, o, host.data() + o * k);
-    __half* device = arena_.allocate<__half>(host.size());
+    __half* device = arena_.allocate<__half>(host.size(), false);
     VQRT_CUDA_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(__half),
                                cudaMemcpyHostToDevice));
     matrix_bytes_ += static_cast<int64_t>(host.size() * sizeof(__half));
