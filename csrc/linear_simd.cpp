@@ -33,6 +33,31 @@ constexpr int columns_per_tile_avx512(int bt) {
 }
 constexpr int columns_per_tile_avx2(int bt) { return bt == 1 ? 4 : bt == 2 ? 3 : 1; }
 
+// Asks for the next tile's weights while this tile computes. A tile reads R rows of W, which
+// lie back to back: one block of R x k weights, read as R interleaved streams. At a step that
+// read offset i of each row, the lines at the same fraction of the next block are requested, in
+// address order, into L2 (L1 is too small for a whole block when k is long), so the next block
+// is in flight as a single sequential stream. Without it, short rows (k = 768: 24 lines per
+// bf16 row) restart the hardware prefetcher every tile and batched tiles, which spend long on
+// each load, wait on DRAM (measured per shape in BENCHMARKS.md). Prefetches past the matrix are
+// dropped, never fault. L: weights per row per step. A generic function, so every ISA's copy
+// below may inline it.
+template <int R, int L, class T>
+inline __attribute__((always_inline)) void prefetch_next_tile(const T* w, int64_t k, int64_t i) {
+  // One-row tiles (AVX2's batched tiles, the last columns) read one stream, which the hardware
+  // follows on its own; the AVX2 ones are compute-bound, so an extra instruction costs time.
+  if (R == 1) return;
+  constexpr int64_t kBytesPerStep = L * R * sizeof(T);
+  const int64_t offset = i * R * sizeof(T);  // into the next block
+  if (kBytesPerStep < 64 && offset % 64 >= kBytesPerStep) return;  // once per line
+  // In integers: the address may lie past the matrix, where pointer arithmetic is undefined.
+  const uintptr_t next = reinterpret_cast<uintptr_t>(w) + R * k * sizeof(T) + offset;
+#pragma GCC unroll 8
+  for (int64_t off = 0; off < kBytesPerStep; off += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T1);
+  }
+}
+
 // Adds the finished sum to y as linear.h specifies: (sum * scale) + bias, stored or accumulated.
 inline void store_output(const LinearArgs& a, int64_t row, int64_t col, float sum) {
   if (a.w->scale) sum *= a.w->scale[col];
@@ -89,6 +114,7 @@ VQRT_AVX2 void avx2_tile(const LinearArgs& a, int64_t row, int64_t col) {
     for (int b = 0; b < BT; ++b) acc[r][b] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
+    prefetch_next_tile<R, 8>(w, k, i);
     __m256 wv[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) wv[r] = W::load(w + r * k + i);
@@ -171,6 +197,7 @@ VQRT_AVX512 void avx512_tile(const LinearArgs& a, int64_t row, int64_t col) {
     __m512 xv[BT];
 #pragma GCC unroll 8
     for (int b = 0; b < BT; ++b) xv[b] = _mm512_maskz_loadu_ps(m, x + b * k + i);
+    prefetch_next_tile<R, 16>(w, k, i);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 wv = W::load(w + r * k + i, m);
@@ -230,6 +257,7 @@ VQRT_AVX512_BF16 void bf16_dot_tile(const LinearArgs& a, const uint16_t* xb, int
     for (int b = 0; b < BT; ++b) {
       xv[b] = (__m512bh)_mm512_loadu_si512(x + b * k_padded + i);  // zero-padded past k
     }
+    prefetch_next_tile<R, 32>(w, k, i);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + r * k + i);
