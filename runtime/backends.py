@@ -2,9 +2,10 @@
 as backend "cuda": csrc/gpu_transformer.h over the same weights) or the ONNX Runtime graphs.
 
 A backend holds what every generation shares and never changes (the native weights, or the
-ONNX Runtime sessions) and makes one decoding state per generation with `new_state(batch)`:
-a KV cache of that batch and nothing else, so concurrent generations share no mutable state.
-Both kinds of state answer the same two calls:
+ONNX Runtime sessions) and makes decoding states with `new_state(batch)`: a KV cache of that
+batch and nothing else. A generation owns one state from its start to its end, so concurrent
+generations share no mutable state; a StatePool hands a finished generation's state to the next
+one of the same batch. Every kind of state answers the same two calls:
 
     prefill(tokens int64 [B, L])        positions 0..L-1       -> logits float32 [B, V]
     step(tokens int64 [B], position)    one token at position  -> logits float32 [B, V]
@@ -13,7 +14,8 @@ where the logits predict the token after the last one fed. This module never imp
 """
 from __future__ import annotations
 
-from typing import Dict, Protocol, Tuple
+import threading
+from typing import Callable, Dict, List, Protocol, Tuple
 
 import numpy as np
 
@@ -34,6 +36,43 @@ class DecodingState(Protocol):
     def prefill(self, tokens: np.ndarray) -> np.ndarray: ...
 
     def step(self, tokens: np.ndarray, position: int) -> np.ndarray: ...
+
+
+class StatePool:
+    """Decoding states of finished generations, kept for the next generations of the same batch.
+
+    A new state costs its KV cache's allocation and zero-fill (model S at batch 8 on the CPU:
+    75 MB; Generator.start() took 14.8 ms with a new state, 10.9 ms with a reused one), and on
+    the GPU also a cuBLAS handle, device buffers and the capture of its step graph; a reused
+    one costs nothing, since every prefill replaces what a state holds. At most `keep` idle states are kept, the most recently returned; older ones are
+    dropped (freed). take() and give_back() may be called from any thread.
+    """
+
+    def __init__(self, new_state: Callable[[int], DecodingState], keep: int = 2):
+        self._new_state = new_state
+        self._keep = keep
+        self._idle: List[Tuple[int, DecodingState]] = []  # (batch, state), oldest first
+        self._lock = threading.Lock()
+
+    def take(self, batch: int) -> DecodingState:
+        """An idle state of this batch, or a new one; the caller owns it until give_back()."""
+        with self._lock:
+            for i in range(len(self._idle) - 1, -1, -1):
+                if self._idle[i][0] == batch:
+                    return self._idle.pop(i)[1]
+        return self._new_state(batch)
+
+    def give_back(self, batch: int, state: DecodingState) -> None:
+        """Returns a state that nothing will call again (a finished generation's)."""
+        with self._lock:
+            self._idle.append((batch, state))
+            del self._idle[:-self._keep]
+
+    @property
+    def idle(self) -> int:
+        """States waiting for a generation."""
+        with self._lock:
+            return len(self._idle)
 
 
 class NativeBackend:

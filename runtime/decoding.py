@@ -20,7 +20,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from vqrt import _native
-from vqrt.runtime.backends import DecodingState, NativeBackend, OrtBackend
+from vqrt.runtime.backends import DecodingState, StatePool
 from vqrt.runtime.params import RequestError
 
 Decoding = Union["CachedDecoding", "WindowedDecoding"]
@@ -30,19 +30,19 @@ class CachedDecoding:
     """One sequence per row: prefix int64 [B, P], then the image tokens int64 [B, N]."""
 
     def __init__(self, state: DecodingState, prefix: np.ndarray, tokens: np.ndarray):
-        self._state = state
+        self.state = state
         self._prefix = prefix
         self._tokens = tokens
         self._fed: Optional[int] = None  # image tokens in the KV cache
 
     def logits(self, index: int) -> np.ndarray:
         if self._fed is None:
-            logits = self._state.prefill(np.concatenate([self._prefix,
-                                                         self._tokens[:, :index]], axis=1))
+            logits = self.state.prefill(np.concatenate([self._prefix,
+                                                        self._tokens[:, :index]], axis=1))
         else:
             assert index == self._fed + 1, (index, self._fed)
-            logits = self._state.step(np.ascontiguousarray(self._tokens[:, index - 1]),
-                                      self._prefix.shape[1] + index - 1)
+            logits = self.state.step(np.ascontiguousarray(self._tokens[:, index - 1]),
+                                     self._prefix.shape[1] + index - 1)
         self._fed = index
         return logits
 
@@ -60,7 +60,7 @@ class WindowedDecoding:
 
     def __init__(self, state: DecodingState, plan: _native.SlidingWindow, prefix: np.ndarray,
                  cond_grid: Optional[np.ndarray], tokens: np.ndarray):
-        self._state = state
+        self.state = state
         self._plan = plan
         self._prefix = prefix
         self._cond_grid = cond_grid
@@ -72,10 +72,10 @@ class WindowedDecoding:
     def logits(self, index: int) -> np.ndarray:
         _, _, local, run_end = self._plan.place(index)
         if index - 1 == self._served and index < self._run_end:  # the run goes on
-            logits = self._state.step(np.ascontiguousarray(self._tokens[:, index - 1]),
-                                      self._offset + local - 1)
+            logits = self.state.step(np.ascontiguousarray(self._tokens[:, index - 1]),
+                                     self._offset + local - 1)
         else:
-            logits = self._state.prefill(self._sequence(index, local))
+            logits = self.state.prefill(self._sequence(index, local))
             self._run_end = run_end
         self._served = index
         return logits
@@ -95,10 +95,11 @@ class WindowedDecoding:
         return sequence
 
 
-def new_decoding(backend: Union[NativeBackend, OrtBackend], prefix: np.ndarray, *,
+def new_decoding(states: StatePool, prefix: np.ndarray, *,
                  spatial: bool, tokens: np.ndarray, grid: Tuple[int, int],
                  window: Tuple[int, int], stride: int, block: int) -> Decoding:
-    """The decoding of one generation, over a new decoding state (KV cache) of the backend.
+    """The decoding of one generation, over a decoding state (KV cache) taken from `states`
+    once the request is known to fit (the caller gives it back when the generation ends).
 
     prefix: int64 [B, P] the condition's tokens (a spatial condition: P tokens in raster order
     on the image grid); tokens: int64 [B, h*w] C-contiguous, the generation's buffer; grid:
@@ -112,7 +113,7 @@ def new_decoding(backend: Union[NativeBackend, OrtBackend], prefix: np.ndarray, 
         raise RequestError(f"window_stride {stride} must be in [1, {window[1]}] (the "
                            f"transformer's training grid is {window[0]}x{window[1]})")
     if prefix.shape[1] + h * w - 1 <= block:
-        return CachedDecoding(backend.new_state(tokens.shape[0]), prefix, tokens)
+        return CachedDecoding(states.take(tokens.shape[0]), prefix, tokens)
     plan = _native.SlidingWindow(h, w, window[0], window[1], stride)
     cond_grid = None
     if spatial:
@@ -128,5 +129,5 @@ def new_decoding(backend: Union[NativeBackend, OrtBackend], prefix: np.ndarray, 
         raise RequestError(f"a {wh}x{ww} window after {needed - wh * ww + 1} condition "
                            f"token(s) needs {needed} positions, more than the transformer's "
                            f"block size {block}")
-    return WindowedDecoding(backend.new_state(tokens.shape[0]), plan,
+    return WindowedDecoding(states.take(tokens.shape[0]), plan,
                             np.ascontiguousarray(prefix), cond_grid, tokens)

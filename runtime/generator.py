@@ -9,7 +9,7 @@ For callers who stream or cancel, the same thing as a loop (onnxruntime-genai's 
     generation = generator.start(class_labels=[3], params=params)   # conditioning + prefill
     while not generation.done:
         generation.step()                 # one token per row; generation.tokens so far
-        if user_gave_up: generation.cancel(); break                 # frees the KV cache
+        if user_gave_up: generation.cancel(); break                 # drops the KV cache
     result = generation.result()          # decodes the images
 
 Sequence layout (the manifest's tokenization): [prefix tokens, image tokens in raster order];
@@ -22,12 +22,16 @@ Tokens are drawn from the first codebook_size logits (the image codes): a vocabu
 than the codebook also holds condition tokens, which are not image codes.
 
 Thread safety: after construction a Generator is read-only (the bundle, the ONNX Runtime
-sessions, whose run() is thread-safe, and the native weights, which the decoder only reads),
-so any number of threads may call generate() / start() on one Generator at once. Each start()
-makes its own decoding state (a KV cache sized for its batch), owned by its Generation; a
-Generation is driven by one thread at a time, and any thread may cancel() it (the step running
-then finishes its token and no further step runs). The tokens of a row do not depend on the
-thread, the batch around it or the backend's thread count (tests/test_reliability_threads.py).
+sessions, whose run() is thread-safe, and the native weights, which the decoder only reads)
+but for its pool of idle decoding states, which a lock guards, so any number of threads may
+call generate() / start() on one Generator at once. Each start() takes a decoding state (a KV
+cache sized for its batch: a new one, or one a finished generation of that batch gave back,
+runtime.backends.StatePool), owned by its Generation alone until its last token; a Generation
+is driven by one thread at a time, and any thread may cancel() it (the step running then
+finishes its token and no further step runs; a cancelled generation's state is dropped, never
+reused, as that step may still be running). The tokens of a row do not depend on the thread,
+the batch around it, the backend's thread count or the state's earlier generations
+(tests/test_reliability_threads.py, tests/test_runtime_generate.py).
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from vqrt.runtime.backends import CudaBackend, NativeBackend, OrtBackend, choose_backend
+from vqrt.runtime.backends import (
+    CudaBackend, NativeBackend, OrtBackend, StatePool, choose_backend)
 from vqrt.runtime.bundle import load_bundle
 from vqrt.runtime.conditioning import ClassLabels, Conditioner, batch_rows
 from vqrt.runtime.decoding import Decoding, new_decoding
@@ -118,7 +123,10 @@ class Generation:
             self._logits = decoding.logits(self._count)
             self._timings["steps_s"] += time.perf_counter() - sampled
         elif self._count == self.total:
-            self._decoding = None  # the KV cache is no longer needed
+            # The KV cache is no longer needed: to the next generation of this batch. Only
+            # here, on the thread that drives this generation and after its last call to it.
+            self._decoding = None
+            self._generator._states.give_back(self.batch, decoding.state)
         return token
 
     def _sample(self, logits: np.ndarray) -> np.ndarray:
@@ -141,9 +149,10 @@ class Generation:
             raise RequestError(f"image token {self._count}: {e}") from None
 
     def cancel(self) -> None:
-        """Stops the generation and frees its KV cache; tokens stay readable. May be called
-        from another thread: a step already running finishes its token, and no further
-        logits are computed or steps run."""
+        """Stops the generation and drops its KV cache (not reused: a step may still be
+        running on it); tokens stay readable. May be called from another thread: a step
+        already running finishes its token, and no further logits are computed or steps
+        run."""
         self._cancelled = self._count < self.total
         self._decoding = None
 
@@ -211,6 +220,7 @@ class Generator:
                                        decoder_engine)
         self.codebook_size = m.first_stage.codebook_size
         self._transformer: Optional[Union[NativeBackend, CudaBackend, OrtBackend]] = None
+        self._states: Optional[StatePool] = None  # idle decoding states of the transformer
         self._conditioner: Optional[Conditioner] = None
         self.backend = "onnxruntime"  # a first stage alone: only its graphs
         if m.kind == "net2net":
@@ -221,6 +231,7 @@ class Generator:
                 self._transformer = CudaBackend(self.bundle, num_threads)
             else:
                 self._transformer = OrtBackend(self.bundle, providers, device, num_threads)
+            self._states = StatePool(self._transformer.new_state)
             self._conditioner = Conditioner(self.bundle, providers, device, num_threads)
 
     @property
@@ -280,7 +291,7 @@ class Generator:
         conditioned = time.perf_counter()
         cond_prefix = np.ascontiguousarray(np.broadcast_to(cond_rows, (batch, cond_rows.shape[1])))
         decoding = new_decoding(
-            self._transformer, cond_prefix,
+            self._states, cond_prefix,
             spatial=self._conditioner.rule in ("cond_encoder", "coord"), tokens=tokens,
             grid=(h, w), window=self.bundle.manifest.first_stage.training_grid,
             stride=params.window_stride, block=self.bundle.manifest.transformer.block_size)

@@ -1,6 +1,7 @@
 """vqrt.runtime.Generator on golden set A: greedy tokens of both backends against the upstream
 torch references, sampled tokens equal across backends, rows independent of their batch,
-images by upstream's pixel conversion, the step loop, image completion, encoding, threads.
+images by upstream's pixel conversion, the step loop, image completion, encoding, threads, the
+reuse of finished generations' KV caches.
 
 The native decoder runs with one thread here: its results never depend on the thread count
 (tests/test_native_decoder.py), and on this shared 2-core machine one thread is much faster
@@ -167,6 +168,40 @@ def test_threads_share_one_generator(generator):
     assert not errors, errors
     for expected, got in zip(serial, found):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finished_generations_hand_their_kv_cache_to_the_next(golden_bundle, golden_refs,
+                                                              backend):
+    """A finished generation gives its state back; the next one of its batch takes it, and its
+    tokens equal those of a fresh Generator (new states only). Cancelled generations give
+    nothing back; at most two idle states are kept."""
+    generator = Generator(golden_bundle, backend=backend, device="cpu", num_threads=1)
+    pool = generator._states
+    first = generator.generate(class_labels=[0, 3], params=GREEDY)
+    np.testing.assert_array_equal(first.tokens, golden_refs["greedy_grid"])
+    assert pool.idle == 1
+    kept = pool._idle[0][1]
+
+    sampled = GenerationParams(top_k=30, temperature=1.2, seed=41)
+    generation = generator.start(class_labels=[5, 2], params=sampled)
+    assert generation._decoding.state is kept and pool.idle == 0
+    while not generation.done:
+        generation.step()
+    fresh = Generator(golden_bundle, backend=backend, device="cpu", num_threads=1)
+    np.testing.assert_array_equal(generation.result().tokens,
+                                  fresh.generate(class_labels=[5, 2], params=sampled).tokens)
+    assert pool.idle == 1
+
+    cancelled = generator.start(class_labels=[1, 1], params=GREEDY)  # takes the batch-2 state
+    cancelled.step()
+    cancelled.cancel()
+    assert pool.idle == 0
+    for labels in ([1], [1, 2, 3], [4, 5, 6, 7]):  # batches 1, 3, 4: new states each
+        generator.generate(class_labels=labels, params=GREEDY)
+    assert [batch for batch, _ in pool._idle] == [3, 4]  # batch 1's, the oldest, was dropped
+    again = generator.generate(class_labels=[0, 3], params=GREEDY)  # batch 2: a new state
+    np.testing.assert_array_equal(again.tokens, golden_refs["greedy_grid"])
 
 
 def test_providers_report_what_runs(both):
