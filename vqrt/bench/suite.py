@@ -10,7 +10,10 @@ contender is
     draw(k, last) for k < N   sample token k of every row, feed it on     -> per-token latency
     decode()                  the image decoder on the grid               -> "image decode"
 
-so "prefill" is the time to the first token's logits (the sampler then takes microseconds),
+so "prefill" is the time to the first token's logits (the sampler then takes microseconds;
+from the second repeat on, a vqrt contender's Generator hands start() the KV cache that its
+previous run of the whole grid finished with, as in a serving process: StatePool in
+runtime/backends.py),
 tokens/s is B * N over start() plus all draws, and end-to-end per image is the whole run
 (decode included) over B. Per-token latencies are pooled over the kept repeats (draws that
 feed a token; the last draw only samples); every other figure is a median over repeats with
