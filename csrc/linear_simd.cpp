@@ -48,10 +48,15 @@ inline __attribute__((always_inline)) void prefetch_next_tile(const T* w, int64_
   // follows on its own; the AVX2 ones are compute-bound, so an extra instruction costs time.
   if (R == 1) return;
   constexpr int64_t kBytesPerStep = L * R * sizeof(T);
-  const int64_t offset = i * R * sizeof(T);  // into the next block
-  if (kBytesPerStep < 64 && offset % 64 >= kBytesPerStep) return;  // once per line
   // In integers: the address may lie past the matrix, where pointer arithmetic is undefined.
-  const uintptr_t next = reinterpret_cast<uintptr_t>(w) + R * k * sizeof(T) + offset;
+  const uintptr_t next = reinterpret_cast<uintptr_t>(w) + (R * k + i * R) * sizeof(T);
+  if (kBytesPerStep < 64) {
+    // Once per line: in the step whose bytes hold the line's first byte (that line holds the
+    // step's last byte). Weights need not start on a line.
+    const uintptr_t last = next + kBytesPerStep - 1;
+    if (last % 64 < kBytesPerStep) _mm_prefetch(reinterpret_cast<const char*>(last), _MM_HINT_T1);
+    return;
+  }
 #pragma GCC unroll 8
   for (int64_t off = 0; off < kBytesPerStep; off += 64) {
     _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T1);

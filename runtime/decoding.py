@@ -99,7 +99,7 @@ def new_decoding(states: StatePool, prefix: np.ndarray, *,
                  spatial: bool, tokens: np.ndarray, grid: Tuple[int, int],
                  window: Tuple[int, int], stride: int, block: int) -> Decoding:
     """The decoding of one generation, over a decoding state (KV cache) taken from `states`
-    once the request is known to fit (the caller gives it back when the generation ends).
+    once the request is known to fit (the caller gives it back when the generation completes).
 
     prefix: int64 [B, P] the condition's tokens (a spatial condition: P tokens in raster order
     on the image grid); tokens: int64 [B, h*w] C-contiguous, the generation's buffer; grid:

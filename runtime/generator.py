@@ -28,8 +28,9 @@ call generate() / start() on one Generator at once. Each start() takes a decodin
 cache sized for its batch: a new one, or one a finished generation of that batch gave back,
 runtime.backends.StatePool), owned by its Generation alone until its last token; a Generation
 is driven by one thread at a time, and any thread may cancel() it (the step running then
-finishes its token and no further step runs; a cancelled generation's state is dropped, never
-reused, as that step may still be running). The tokens of a row do not depend on the thread,
+finishes its token and no further step runs). A state goes back to the pool only from the
+driving thread, after the last token's step; a generation cancelled earlier drops its state,
+since a step may still be running on it. The tokens of a row do not depend on the thread,
 the batch around it, the backend's thread count or the state's earlier generations
 (tests/test_reliability_threads.py, tests/test_runtime_generate.py).
 """
@@ -149,8 +150,8 @@ class Generation:
             raise RequestError(f"image token {self._count}: {e}") from None
 
     def cancel(self) -> None:
-        """Stops the generation and drops its KV cache (not reused: a step may still be
-        running on it); tokens stay readable. May be called from another thread: a step
+        """Stops the generation and drops its KV cache (never handed to another generation: a
+        step may still be running on it); tokens stay readable. May be called from another thread: a step
         already running finishes its token, and no further logits are computed or steps
         run."""
         self._cancelled = self._count < self.total

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vqrt.runtime import GenerationParams, Generator, RequestError, from_pixels, to_pixels
+from vqrt.runtime.backends import StatePool
 
 BACKENDS = ("native", "onnxruntime")
 GREEDY = GenerationParams(greedy=True)
@@ -202,6 +203,20 @@ def test_finished_generations_hand_their_kv_cache_to_the_next(golden_bundle, gol
     assert [batch for batch, _ in pool._idle] == [3, 4]  # batch 1's, the oldest, was dropped
     again = generator.generate(class_labels=[0, 3], params=GREEDY)  # batch 2: a new state
     np.testing.assert_array_equal(again.tokens, golden_refs["greedy_grid"])
+
+
+def test_state_pool_keeps_the_newest_idle_states():
+    made = []
+    pool = StatePool(lambda batch: made.append(batch) or object(), keep=2)
+    a, b, c = pool.take(1), pool.take(1), pool.take(8)
+    assert made == [1, 1, 8]
+    for state, batch in ((a, 1), (b, 1), (c, 8)):
+        pool.give_back(batch, state)
+    assert pool.idle == 2 and pool.take(1) is b and pool.take(8) is c  # a, the oldest, dropped
+    assert pool.take(1) is not a and made == [1, 1, 8, 1]
+    none_kept = StatePool(lambda batch: object(), keep=0)
+    none_kept.give_back(1, none_kept.take(1))
+    assert none_kept.idle == 0
 
 
 def test_providers_report_what_runs(both):

@@ -11,9 +11,10 @@ contender is
     decode()                  the image decoder on the grid               -> "image decode"
 
 so "prefill" is the time to the first token's logits (the sampler then takes microseconds;
-from the second repeat on, a vqrt contender's Generator hands start() the KV cache that its
-previous run of the whole grid finished with, as in a serving process: StatePool in
-runtime/backends.py),
+with at most two batch sizes (the default) and whole grids, from the second repeat on a vqrt
+contender's Generator hands start() the KV cache its previous run finished with, as in a
+serving process: StatePool in runtime/backends.py keeps two; a partial grid (--tokens) is
+cancelled, not finished, and gives nothing back),
 tokens/s is B * N over start() plus all draws, and end-to-end per image is the whole run
 (decode included) over B. Per-token latencies are pooled over the kept repeats (draws that
 feed a token; the last draw only samples); every other figure is a median over repeats with
