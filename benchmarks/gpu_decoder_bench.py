@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -73,6 +74,9 @@ def main() -> None:
                         help="where the torch contenders run (cpu: a smoke run)")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"gpu_decoder_bench: torch {torch.__version__} sees no CUDA device, so the "
+                 f"torch baselines cannot run on one; use --device cpu for a smoke run")
 
     shape = MODELS[args.model]
     torch.manual_seed(0)
