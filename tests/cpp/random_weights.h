@@ -76,18 +76,10 @@ class RandomWeights {
       return;
     }
     auto& bits = u16_[name];
-    for (float v : w) {  // bf16 by rounding; fp16 through the hardware-free path below
-      bits.push_back(dtype == DType::bf16 ? vqrt::float_to_bf16(v) : half_bits(v));
+    for (float v : w) {  // both rounded to nearest even
+      bits.push_back(dtype == DType::bf16 ? vqrt::float_to_bf16(v) : vqrt::float_to_half(v));
     }
     views[name] = {dtype, bits.data(), {n, k}};
-  }
-  // float -> half by truncation (weights here are normal numbers well inside the half range).
-  static uint16_t half_bits(float f) {
-    uint32_t b;
-    __builtin_memcpy(&b, &f, 4);
-    const int e = static_cast<int>((b >> 23) & 0xff) - 112;
-    if (e <= 0) return static_cast<uint16_t>((b >> 16) & 0x8000u);
-    return static_cast<uint16_t>(((b >> 16) & 0x8000u) | (e << 10) | ((b >> 13) & 0x3ffu));
   }
   std::mt19937 rng_;
   std::map<std::string, std::vector<float>> f32_;
