@@ -1,6 +1,8 @@
 """Stage 1 training on the sample photos: the loss falls, resume is exact, the run loads,
 `vqrt inspect` and `vqrt eval` read it, and the loss pieces behave as upstream's."""
+import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from train_helpers import (
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
+from vqrt.trainer.train_vqgan import VQGANSettings, VQGANTrainer
 from vqrt.trainer.training import TrainingError
 
 torch.set_num_threads(1)
@@ -49,8 +52,9 @@ def test_loss_falls_and_the_run_loads(tmp_path, capsys):
 @needs_data
 def test_resume_gives_the_same_weights(tmp_path):
     whole = tmp_path / "whole"
+    # The learning rate decays over steps 6-16, across the resume at step 8.
     assert train(tmp_path, whole, 16, "--checkpoint-every", "8", "--restart-dead-codes", "5",
-                 disc_start=4) == 0
+                 "--lr-decay-from", "6", disc_start=4) == 0
     assert metrics(whole, "restarted_codes")  # its usage counts are checkpoint state too
     # A run stopped right after its step-8 checkpoint, then resumed.
     stopped = tmp_path / "stopped"
@@ -62,6 +66,29 @@ def test_resume_gives_the_same_weights(tmp_path):
     for name in ("model.safetensors", "state.safetensors"):
         assert_same_tensors(weights(whole / "checkpoints" / "step_0000016" / name),
                             weights(stopped / "checkpoints" / "step_0000016" / name))
+
+
+def test_learning_rate_is_constant_then_a_cosine_to_zero():
+    settings = VQGANSettings(data="", config="", out="", steps=8, lr=1e-3, lr_decay_from=4)
+    trainer = SimpleNamespace(settings=settings)  # learning_rate reads the settings only
+    rates = [VQGANTrainer.learning_rate(trainer, step) for step in range(8)]
+    assert rates[:5] == [1e-3] * 5  # constant up to and including the decay's first step
+    assert rates[6] == pytest.approx(0.5e-3)  # halfway down the cosine
+    assert all(a > b for a, b in zip(rates[4:], rates[5:])) and rates[7] < 0.15e-3
+    settings.lr_decay_from = None  # upstream: constant throughout
+    assert [VQGANTrainer.learning_rate(trainer, step) for step in range(8)] == [1e-3] * 8
+
+
+@needs_data
+def test_a_resumed_run_may_set_the_decay_but_not_past_its_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tmp_path, run, 2) == 0
+    assert main(["train", "vqgan", "--out", str(run), "--resume", "--steps", "4",
+                 "--lr-decay-from", "4"]) == 2
+    assert "--lr-decay-from 4 must be at least 0 and below --steps 4" in capsys.readouterr().err
+    assert main(["train", "vqgan", "--out", str(run), "--resume", "--steps", "4",
+                 "--lr-decay-from", "2"]) == 0
+    assert json.loads((run / "train.json").read_text())["lr_decay_from"] == 2
 
 
 @needs_data

@@ -8,8 +8,9 @@ VQModel objective (upstream VQLPIPSWithDiscriminator), images x and reconstructi
           + [step >= disc_start] * disc_factor * lambda * (-mean(D(x')))
   L_D   = [step >= disc_start] * disc_factor * hinge(D(x), D(x'))
 lambda is the adaptive weight (losses.adaptive_weight) times disc_weight. Adam(lr, betas
-(0.5, 0.9)) for both. Before disc_start the discriminator is not run at all: upstream runs it
-with factor 0, which changes no weight of the autoencoder.
+(0.5, 0.9)) for both, at a constant lr as upstream, or (--lr-decay-from, not upstream) constant
+and then a cosine to 0 at the last step. Before disc_start the discriminator is not run at all:
+upstream runs it with factor 0, which changes no weight of the autoencoder.
 The discriminator step scores the reconstructions of the autoencoder step (detached); upstream
 (Lightning, one optimizer after the other) re-runs the autoencoder after its update first.
 
@@ -36,7 +37,8 @@ from vqrt.trainer.models.vqgan import VQModel
 from vqrt.trainer.training import (
     MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, SETTINGS_FILE,
     data_parallel, latest_checkpoint, load_training_checkpoint, open_run, progress_bar,
-    samples_path, save_grid, save_training_checkpoint, seed_step, settings_to_json, write_json)
+    samples_path, save_grid, save_training_checkpoint, seed_step, set_learning_rate,
+    settings_to_json, warmup_cosine, write_json)
 
 VQ_LOSS = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
 SEGMENTATION_LOSS = "taming.modules.losses.segmentation.BCELossWithQuant"
@@ -64,6 +66,7 @@ class VQGANSettings:
     log_every: int = 10
     keep_checkpoints: int = 2
     restart_dead_codes: int = 0  # steps between dead-code restarts; 0: never (upstream)
+    lr_decay_from: Optional[int] = None  # cosine decay to 0 from this step; None: constant
     device: str = "auto"
     world_size: int = 1
 
@@ -210,6 +213,14 @@ class VQGANTrainer:
 
     # --- one step ----------------------------------------------------------------------------
 
+    def learning_rate(self, step: int) -> float:
+        """Upstream's constant rate, or with --lr-decay-from D: constant before step D, then a
+        cosine to 0 at the last step. A function of the step alone, so resuming is exact."""
+        s = self.settings
+        if s.lr_decay_from is None or step < s.lr_decay_from:
+            return s.lr
+        return warmup_cosine(step - s.lr_decay_from, s.lr, 0, s.steps - s.lr_decay_from)
+
     def train_step(self, x: torch.Tensor, step: int) -> Dict[str, float]:
         loss = self.loss
         reconstruction, quantizer_loss = self.ae(x)
@@ -303,6 +314,8 @@ class VQGANTrainer:
         self.model.train()
         for step in range(start, s.steps):
             generator = seed_step(s.seed, step, p.rank)
+            for optimizer in self.optimizers.values():
+                set_learning_rate(optimizer, self.learning_rate(step))
             means.add(self.train_step(self.batch(dataset, step, generator), step))
             timer.tick()
             done = step + 1
@@ -348,4 +361,8 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
                 raise TrainingError(f"{source}: no model.base_learning_rate; pass --lr")
             # Upstream's rule: the learning rate grows with the global batch.
             settings.lr = float(base) * settings.batch_size * processes.world_size
+        decay_from = settings.lr_decay_from
+        if decay_from is not None and not 0 <= decay_from < settings.steps:
+            raise TrainingError(f"--lr-decay-from {decay_from} must be at least 0 and below "
+                                f"--steps {settings.steps}")
         return VQGANTrainer(settings, model_section, processes).run(resume)

@@ -228,7 +228,7 @@ def prepare_run(run: Path, resume: bool, stage: str) -> Optional[Dict[str, Any]]
 
 # Settings a resumed run may change; any other difference from the stored run is an error.
 RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "sample_every", "log_every",
-                     "keep_checkpoints", "device")
+                     "keep_checkpoints", "device", "lr_decay_from")
 
 
 @contextmanager

@@ -274,6 +274,10 @@ def _add_train_parser(commands) -> None:
     vqgan.add_argument("--restart-dead-codes", type=int, metavar="N",
                        help="every N steps, move codes no batch chose onto encoder outputs "
                             "(not upstream; default 0: off)")
+    vqgan.add_argument("--lr-decay-from", type=int, metavar="STEP",
+                       help="from STEP on, decay the learning rate along a cosine to 0 at "
+                            "--steps (not upstream; default: constant; a resumed run may set "
+                            "or change it)")
     vqgan.add_argument("--perceptual-weights", metavar="FILE",
                        help="LPIPS weights (upstream layout, .safetensors or torch file); "
                             "without them the perceptual term is off")
