@@ -46,7 +46,8 @@ def test_both_demo_stages_load_and_describe_themselves():
     from vqrt.trainer.model_card import model_card
     vqgan = model_card(load_checkpoint(DEMO / "vqgan")).to_dict()
     transformer = model_card(load_checkpoint(DEMO / "transformer")).to_dict()
-    assert (vqgan["kind"], vqgan["codebook_size"], vqgan["downsampling_factor"]) == ("vqgan", 512, 8)
+    assert (vqgan["kind"], vqgan["codebook_size"], vqgan["downsampling_factor"]) == (
+        "vqgan", 4096, 8)
     assert (transformer["latent_h"], transformer["latent_w"]) == (16, 16)
     assert transformer["transformer"]["block_size"] == 16 * 16 + 1
     assert transformer["conditioning"]["kind"] == "unconditional"
