@@ -5,7 +5,7 @@ no decoder has), with the mean absolute difference of those channel means.
   python scripts/colour_shift.py RUN [RUN ...] [--data ../shared/data/images] [--size 128]
 
 A large gain from the oracle means the decoder cannot carry an image's colour to its output.
-That is what a VQGAN whose widest level has 32 channels does: GroupNorm(32) then normalizes
+That is what a VQGAN with 32 channels at full resolution does: GroupNorm(32) then normalizes
 every channel alone (an instance norm), and norm_out, right before conv_out, removes each
 channel's mean and scale. The held-out split and crops are `vqrt eval vqgan`'s. Torch (the train
 extra); CPU.
