@@ -60,8 +60,8 @@ demo: $(DEMO_BUNDLE)/manifest.json
 	$(VENV)/bin/vqrt generate $(DEMO_BUNDLE) -o out/demo-$(DEMO_SIZE).png --size $(DEMO_SIZE) \
 	  --window-stride $(DEMO_WINDOW_STRIDE) --top-k 100 --seed 0
 	@echo "Wrote out/demo-samples.png and out/demo-$(DEMO_SIZE).png (decoded in tiles; windows held"
-	@echo "for 4 tokens: no measurable NLL cost on the first demo model, BENCHMARKS.md; the paper's scheme:"
-	@echo "DEMO_WINDOW_STRIDE=1, about 3.6x slower)."
+	@echo "for 4 tokens: no measurable NLL cost on the first demo model, BENCHMARKS.md; the paper's"
+	@echo "scheme: DEMO_WINDOW_STRIDE=1, about 3.6x slower there)."
 
 # The segmentation-conditioned demo (models/demo-seg): a held-out sflckr label map fitted to
 # DEMO_SEG_SIZE (nearest neighbour, centre crop), then sampled through sliding windows. Stride 8

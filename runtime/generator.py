@@ -151,9 +151,9 @@ class Generation:
 
     def cancel(self) -> None:
         """Stops the generation and drops its KV cache (never handed to another generation: a
-        step may still be running on it); tokens stay readable. May be called from another thread: a step
-        already running finishes its token, and no further logits are computed or steps
-        run."""
+        step may still be running on it); tokens stay readable. May be called from another
+        thread: a step already running finishes its token, and no further logits are computed
+        or steps run."""
         self._cancelled = self._count < self.total
         self._decoding = None
 

@@ -126,6 +126,14 @@ def read_model_section(path: Path) -> Dict[str, Any]:
         raise TrainingError(str(e)) from e
 
 
+def learning_rate(s: VQGANSettings, step: int) -> float:
+    """Upstream's constant rate, or with --lr-decay-from D: constant before step D, then a
+    cosine to 0 at the last step. A function of the step alone, so resuming is exact."""
+    if s.lr_decay_from is None or step < s.lr_decay_from:
+        return s.lr
+    return warmup_cosine(step - s.lr_decay_from, s.lr, 0, s.steps - s.lr_decay_from)
+
+
 class VQGANTrainer:
     """One training run; `run()` trains to settings.steps and returns the run folder."""
 
@@ -212,14 +220,6 @@ class VQGANTrainer:
         return self.input.tensor(chosen, crops, self.size).to(p.device)
 
     # --- one step ----------------------------------------------------------------------------
-
-    def learning_rate(self, step: int) -> float:
-        """Upstream's constant rate, or with --lr-decay-from D: constant before step D, then a
-        cosine to 0 at the last step. A function of the step alone, so resuming is exact."""
-        s = self.settings
-        if s.lr_decay_from is None or step < s.lr_decay_from:
-            return s.lr
-        return warmup_cosine(step - s.lr_decay_from, s.lr, 0, s.steps - s.lr_decay_from)
 
     def train_step(self, x: torch.Tensor, step: int) -> Dict[str, float]:
         loss = self.loss
@@ -315,7 +315,7 @@ class VQGANTrainer:
         for step in range(start, s.steps):
             generator = seed_step(s.seed, step, p.rank)
             for optimizer in self.optimizers.values():
-                set_learning_rate(optimizer, self.learning_rate(step))
+                set_learning_rate(optimizer, learning_rate(s, step))
             means.add(self.train_step(self.batch(dataset, step, generator), step))
             timer.tick()
             done = step + 1
