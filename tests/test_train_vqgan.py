@@ -5,10 +5,12 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from train_helpers import (
     DATA, assert_same_tensors, depth_subset, image_subset, metrics, needs_data,
-    segmentation_subset, tiny_depth_config, tiny_segmentation_config, tiny_vqgan_config, weights)
+    records_without_timing, segmentation_subset, tiny_depth_config, tiny_segmentation_config,
+    tiny_vqgan_config, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
@@ -55,16 +57,26 @@ def test_resume_gives_the_same_weights(tmp_path):
     assert train(tmp_path, whole, 16, "--checkpoint-every", "8", "--restart-dead-codes", "5",
                  "--lr-decay-from", "6", disc_start=4) == 0
     assert metrics(whole, "restarted_codes")  # its usage counts are checkpoint state too
-    # A run stopped right after its step-8 checkpoint, then resumed.
+    # A run killed mid-write at step 16, after its step-8 checkpoint, then resumed: its
+    # metrics.jsonl holds records of steps 9-16 and a torn line, which the resume drops.
     stopped = tmp_path / "stopped"
     shutil.copytree(whole, stopped)
     shutil.rmtree(stopped / "checkpoints" / "step_0000016")
-    for name in ("model.safetensors", "config.json", "metrics.jsonl"):
+    for name in ("model.safetensors", "config.json"):
         (stopped / name).unlink()
+    with (stopped / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 16, "l1": 0.')
     assert main(["train", "vqgan", "--out", str(stopped), "--resume"]) == 0
     for name in ("model.safetensors", "state.safetensors"):
         assert_same_tensors(weights(whole / "checkpoints" / "step_0000016" / name),
                             weights(stopped / "checkpoints" / "step_0000016" / name))
+    # The same records, step by step. Loss means over the first logging interval after the
+    # resume cover fewer steps (the running means are not checkpoint state); the held-out
+    # scores of the same weights are equal.
+    resumed, uninterrupted = records_without_timing(stopped), records_without_timing(whole)
+    assert [(r["step"], sorted(r)) for r in resumed] == \
+        [(r["step"], sorted(r)) for r in uninterrupted]
+    assert [r for r in resumed if "held_out" in r] == [r for r in uninterrupted if "held_out" in r]
 
 
 def test_learning_rate_is_constant_then_a_cosine_to_zero():
@@ -97,6 +109,57 @@ def test_resume_refuses_to_change_what_is_trained(tmp_path, capsys):
     assert "cannot change it" in capsys.readouterr().err
     assert train(tmp_path, run, 2) == 2  # a second fresh run into the same folder
     assert "already holds a training run" in capsys.readouterr().err
+
+
+@needs_data
+def test_init_from_starts_at_a_trained_first_stage_with_its_config(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert train(tmp_path, first, 4) == 0
+    second = tmp_path / "second"
+    # No --config: the model is --init-from's. At a rate of 1e-12 one step leaves the weights
+    # where they started, so they must equal the first run's (a fresh start is far off).
+    assert main(["train", "vqgan", "--init-from", str(first), "--data", str(tmp_path / "photos"),
+                 "--out", str(second), "--steps", "1", "--batch-size", "4", "--lr", "1e-12"]) == 0
+    before, after = weights(first / "model.safetensors"), weights(second / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-9)
+    assert json.loads((second / "config.json").read_text()) == \
+        json.loads((first / "config.json").read_text())
+
+
+@needs_data
+def test_init_from_refuses_what_it_cannot_start_from(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert train(tmp_path, first, 2) == 0
+    other = tmp_path / "other.yaml"
+    config = yaml.safe_load(tiny_vqgan_config(other).read_text())
+    config["model"]["params"]["n_embed"] = 32
+    other.write_text(yaml.safe_dump(config))
+    common = ["train", "vqgan", "--data", str(tmp_path / "photos"), "--steps", "1"]
+    assert main([*common, "--init-from", str(first), "--config", str(other),
+                 "--out", str(tmp_path / "misfit")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit the model of" in err and "quantize.embedding.weight" in err
+    assert main([*common, "--init-from", str(tmp_path), "--out", str(tmp_path / "none")]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "neither")]) == 2
+    assert "missing setting: --config (or --init-from" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("misfit", "none", "neither"))
+
+
+@needs_data
+def test_extra_data_adds_training_images_and_keeps_the_held_out_set(tmp_path):
+    from vqrt.trainer.data import load_images
+    extra = image_subset(tmp_path / "extra", 10, DATA / "ade20k" / "images")
+    assert train(tmp_path, tmp_path / "plain", 1) == 0
+    assert train(tmp_path, tmp_path / "more", 1, "--extra-data", str(extra)) == 0
+    [plain] = [r for r in records_without_timing(tmp_path / "plain") if "train_images" in r]
+    [more] = [r for r in records_without_timing(tmp_path / "more") if "train_images" in r]
+    extra_train = len(load_images(extra, 32, 0.1, with_labels=False).train)
+    assert 0 < extra_train < 10  # the extra folder's own held-out files are left out
+    assert more["train_images"] == plain["train_images"] + extra_train
+    assert more["held_out_images"] == plain["held_out_images"]
 
 
 @needs_data

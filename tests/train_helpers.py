@@ -111,6 +111,12 @@ def metrics(run: Path, key: str):
     return [line[key] for line in lines if key in line]
 
 
+def records_without_timing(run: Path):
+    """run/metrics.jsonl's records without steps_per_s, which no two runs share."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "steps_per_s"} for line in lines]
+
+
 def weights(path: Path):
     from safetensors.torch import load_file
     return load_file(str(path))

@@ -1,10 +1,10 @@
 """Reconstruction quality of a first stage: PSNR, SSIM and codebook usage on held-out images.
 
 Images (photos, and depth maps alike) are compared in [0, 1] (the model's [-1, 1] output is
-clamped first); segmentation models report the share of pixels whose argmax label is right. SSIM is Wang et
-al. (2004): an 11x11 Gaussian window with sigma 1.5, K1 0.01, K2 0.03, data range 1, computed per
-channel over the 'valid' window positions and averaged, the convention of skimage's
-structural_similarity(gaussian_weights=True, use_sample_covariance=False).
+clamped first); segmentation models report the share of pixels whose argmax label is right.
+SSIM is Wang et al. (2004): an 11x11 Gaussian window with sigma 1.5, K1 0.01, K2 0.03, data
+range 1, computed per channel over the 'valid' window positions and averaged, the convention of
+skimage's structural_similarity(gaussian_weights=True, use_sample_covariance=False).
 """
 from __future__ import annotations
 

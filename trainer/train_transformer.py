@@ -294,7 +294,7 @@ class TransformerTrainer:
             start = load_training_checkpoint(checkpoint, self.model, state)
         histogram = codebook_usage(torch.bincount(train_tokens.codes.flatten(),
                                                   minlength=self.first.config.n_embed))
-        log = MetricsLog(run, p.is_main)
+        log = MetricsLog(run, p.is_main, start)
         if p.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / SETTINGS_FILE, {**settings_to_json(s),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +49,11 @@ GRID_IMAGES = 8
 class VQGANSettings:
     """`vqrt train vqgan` options, as stored in RUN/train.json."""
     data: str
-    config: str
     out: str
     steps: int
+    config: Optional[str] = None  # default: --init-from's config
+    init_from: Optional[str] = None  # first stage to start from: run, checkpoint, upstream .ckpt
+    extra_data: Optional[List[str]] = None  # more training folders; their held-out part unused
     stage: str = "vqgan"
     size: Optional[int] = None  # training crop side; default: the config's resolution
     resize: Optional[int] = None  # shorter image side before cropping; default: size
@@ -207,8 +209,15 @@ class VQGANTrainer:
     # --- data --------------------------------------------------------------------------------
 
     def load_data(self) -> Dataset:
+        """--data, split into training and held-out files, with the training files of each
+        --extra-data folder added. Each extra folder is split on its own, as if it were --data,
+        and its held-out files are left out: the --data held-out set stays the same whatever
+        folders come with it, and an extra folder's held-out files stay unseen."""
         s = self.settings
-        return self.input.load(Path(s.data), self.rest_size, s.val_fraction)
+        dataset = self.input.load(Path(s.data), self.rest_size, s.val_fraction)
+        for folder in s.extra_data or ():
+            dataset.train += self.input.load(Path(folder), self.rest_size, s.val_fraction).train
+        return dataset
 
     def batch(self, dataset: Dataset, step: int, generator: torch.Generator) -> torch.Tensor:
         """-> (B, 3, S, S) photos or (B, 1, S, S) depth in [-1, 1], or (B, n_labels, S, S)
@@ -308,7 +317,10 @@ class VQGANTrainer:
             if self.input.kind == PHOTOS and self.lpips is None:
                 print("vqrt train: perceptual loss off (no --perceptual-weights given)")
         p.barrier()
-        log = MetricsLog(run, p.is_main)
+        log = MetricsLog(run, p.is_main, start)
+        if start == 0:
+            log.write({"step": 0, "train_images": len(dataset.train),
+                       "held_out_images": len(dataset.held_out)})
         timer, means = StepTimer(), RunningMeans()
         bar = progress_bar(start, s.steps, p.is_main, "vqgan")
         self.model.train()
@@ -351,7 +363,18 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
         # A resumed run reads its model from its newest checkpoint, not from a YAML file
         # that may have changed since.
         checkpoint = latest_checkpoint(run) if resume else None
-        source = checkpoint / "config.json" if checkpoint else Path(settings.config)
+        initial = None
+        if checkpoint is None and settings.init_from is not None:
+            initial = load_initial_weights(Path(settings.init_from))
+        if checkpoint is not None:
+            source = checkpoint / "config.json"
+        elif settings.config is not None:
+            source = Path(settings.config)
+        elif initial is not None:
+            source = initial.config_path
+        else:
+            raise TrainingError("missing setting: --config (or --init-from, to start from a "
+                                "trained first stage and its config)")
         model_section = read_model_section(source)
         if settings.size is None:
             settings.size = parse_model_config(model_section).config.ddconfig.resolution
@@ -365,4 +388,34 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
         if decay_from is not None and not 0 <= decay_from < settings.steps:
             raise TrainingError(f"--lr-decay-from {decay_from} must be at least 0 and below "
                                 f"--steps {settings.steps}")
-        return VQGANTrainer(settings, model_section, processes).run(resume)
+        trainer = VQGANTrainer(settings, model_section, processes)
+        if initial is not None:  # every process loads the same file: the replicas stay equal
+            start_from(trainer.model, initial, source)
+        return trainer.run(resume)
+
+
+def load_initial_weights(path: Path):
+    """--init-from: a first stage (a vqgan run, a checkpoint folder, an upstream .ckpt)."""
+    from vqrt.trainer.checkpoints import CheckpointError, load_checkpoint
+    try:
+        initial = load_checkpoint(path)
+    except CheckpointError as e:
+        raise TrainingError(f"--init-from: {e}") from e
+    if initial.kind != "vqgan":
+        raise TrainingError(f"--init-from {path}: holds a {initial.kind} model; pass the "
+                            "first stage (VQGAN) to start from")
+    return initial
+
+
+def start_from(model: VQModel, initial, config: Path) -> None:
+    """Copies --init-from's first-stage weights into the model built from config."""
+    weights = initial.first_stage.state_dict()
+    expected = model.state_dict()
+    misfits = sorted(k for k in set(weights) | set(expected)
+                     if k not in weights or k not in expected
+                     or weights[k].shape != expected[k].shape)
+    if misfits:
+        raise TrainingError(f"--init-from {initial.weights_path}: its weights do not fit the "
+                            f"model of {config} ({len(misfits)} tensors differ, first "
+                            f"{misfits[0]}); leave out --config to use the checkpoint's own")
+    model.load_state_dict(weights)

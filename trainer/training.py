@@ -371,12 +371,29 @@ def load_training_checkpoint(directory: Path, model: nn.Module, state: TrainingS
 
 # --- logs and pictures --------------------------------------------------------------------
 
-class MetricsLog:
-    """Appends one JSON object per line to RUN/metrics.jsonl (main process only)."""
+def _record_step(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity for a torn line, so that it is dropped."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
 
-    def __init__(self, run: Path, enabled: bool):
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN/metrics.jsonl (main process only).
+
+    start: the step the run (re)starts from. Records of later steps, written by a run stopped
+    after its last checkpoint, are dropped (and a line torn by a kill mid-write), so the file
+    of a resumed run reads as one run's."""
+
+    def __init__(self, run: Path, enabled: bool, start: int = 0):
         self.path = run / METRICS_FILE
         self.enabled = enabled
+        if enabled and self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if _record_step(line) <= start]
+            if len(kept) < len(lines):
+                write_atomically(self.path, "".join(kept).encode("utf-8"))
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self.enabled:

@@ -267,6 +267,13 @@ def _add_train_parser(commands) -> None:
     vqgan.add_argument("--config", metavar="YAML",
                        help="upstream-style config: model.target, model.params (ddconfig, "
                             "lossconfig), model.base_learning_rate")
+    vqgan.add_argument("--init-from", metavar="RUN",
+                       help="start from this first stage's weights (a vqgan run, checkpoint "
+                            "folder or upstream .ckpt) with a fresh optimizer; its config is "
+                            "the default --config")
+    vqgan.add_argument("--extra-data", action="append", metavar="DIR",
+                       help="another image folder to train on (repeatable); split as --data, "
+                            "its held-out files unused")
     vqgan.add_argument("--resize", type=int,
                        help="shorter image side before random cropping (default: --size)")
     vqgan.add_argument("--n-labels", type=int,
