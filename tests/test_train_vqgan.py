@@ -129,6 +129,26 @@ def test_init_from_starts_at_a_trained_first_stage_with_its_config(tmp_path, cap
 
 
 @needs_data
+def test_init_from_an_upstream_checkpoint_and_its_yaml(tmp_path):
+    golden = DATA.parent / "golden" / "vqgan.ckpt"  # made by the upstream code
+    if not golden.is_file():
+        pytest.skip(f"golden data not found at {golden.parent}")
+    run = tmp_path / "run"
+    assert main(["train", "vqgan", "--init-from", str(golden), "--data",
+                 str(image_subset(tmp_path / "photos", 12)), "--out", str(run), "--steps", "1",
+                 "--batch-size", "2", "--size", "32", "--resize", "64", "--lr", "1e-12"]) == 0
+    upstream = load_checkpoint(golden).model.state_dict()  # loss.* keys dropped
+    trained = weights(run / "model.safetensors")
+    assert trained.keys() == upstream.keys()
+    for name in upstream:
+        torch.testing.assert_close(trained[name], upstream[name], rtol=0, atol=1e-9)
+    # The model section of vqgan.yaml (found beside the .ckpt) is the run's config.
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["params"]["lossconfig"]["params"]["disc_start"] == 10000
+    assert model["params"]["ddconfig"]["attn_resolutions"] == [8]
+
+
+@needs_data
 def test_init_from_refuses_what_it_cannot_start_from(tmp_path, capsys):
     first = tmp_path / "first"
     assert train(tmp_path, first, 2) == 0
