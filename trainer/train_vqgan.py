@@ -365,13 +365,13 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
         checkpoint = latest_checkpoint(run) if resume else None
         initial = None
         if checkpoint is None and settings.init_from is not None:
-            initial = load_initial_weights(Path(settings.init_from))
+            initial = load_initial_weights(Path(settings.init_from), settings.config)
         if checkpoint is not None:
             source = checkpoint / "config.json"
+        elif initial is not None:
+            source = initial.config_path  # --config when given, else the checkpoint's own
         elif settings.config is not None:
             source = Path(settings.config)
-        elif initial is not None:
-            source = initial.config_path
         else:
             raise TrainingError("missing setting: --config (or --init-from, to start from a "
                                 "trained first stage and its config)")
@@ -390,15 +390,16 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
                                 f"--steps {settings.steps}")
         trainer = VQGANTrainer(settings, model_section, processes)
         if initial is not None:  # every process loads the same file: the replicas stay equal
-            start_from(trainer.model, initial, source)
+            trainer.model.load_state_dict(initial.model.state_dict())
         return trainer.run(resume)
 
 
-def load_initial_weights(path: Path):
-    """--init-from: a first stage (a vqgan run, a checkpoint folder, an upstream .ckpt)."""
+def load_initial_weights(path: Path, config: Optional[str]):
+    """--init-from: a first stage (a vqgan run, a checkpoint folder, an upstream .ckpt), built
+    from config (--config) when given; the loader checks that its weights fit."""
     from vqrt.trainer.checkpoints import CheckpointError, load_checkpoint
     try:
-        initial = load_checkpoint(path)
+        initial = load_checkpoint(path, config)
     except CheckpointError as e:
         raise TrainingError(f"--init-from: {e}") from e
     if initial.kind != "vqgan":
@@ -406,16 +407,3 @@ def load_initial_weights(path: Path):
                             "first stage (VQGAN) to start from")
     return initial
 
-
-def start_from(model: VQModel, initial, config: Path) -> None:
-    """Copies --init-from's first-stage weights into the model built from config."""
-    weights = initial.first_stage.state_dict()
-    expected = model.state_dict()
-    misfits = sorted(k for k in set(weights) | set(expected)
-                     if k not in weights or k not in expected
-                     or weights[k].shape != expected[k].shape)
-    if misfits:
-        raise TrainingError(f"--init-from {initial.weights_path}: its weights do not fit the "
-                            f"model of {config} ({len(misfits)} tensors differ, first "
-                            f"{misfits[0]}); leave out --config to use the checkpoint's own")
-    model.load_state_dict(weights)
