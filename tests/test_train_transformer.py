@@ -55,6 +55,17 @@ def test_unconditional_loss_falls(first_stage, tmp_path, capsys):
 
 
 @needs_data
+def test_bf16_mixed_precision_loss_falls(first_stage, tmp_path):
+    run = tmp_path / "gpt"
+    assert train(first_stage, run, 80, "--precision", "bf16", "--log-every", "20",
+                 "--sample-every", "80") == 0
+    loss = metrics(run, "loss")
+    assert loss[-1] < 0.7 * loss[0], loss  # as in fp32 above
+    assert {t.dtype for t in weights(run / "model.safetensors").values()} == {torch.float32}
+    assert metrics(run, "held_out")[-1]["nll_nats_per_token"] > 0  # measured in fp32
+
+
+@needs_data
 def test_resume_gives_the_same_weights(first_stage, tmp_path):
     whole = tmp_path / "whole"
     extra = ["--checkpoint-every", "6", "--pkeep", "0.8", "--dropout", "0.1"]

@@ -10,12 +10,12 @@ import yaml
 from train_helpers import (
     DATA, assert_same_tensors, depth_subset, image_subset, metrics, needs_data,
     records_without_timing, segmentation_subset, tiny_depth_config, tiny_segmentation_config,
-    tiny_vqgan_config, weights)
+    tiny_vqgan_config, tiny_vqgan_variant, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
 from vqrt.trainer.train_vqgan import VQGANSettings, learning_rate
-from vqrt.trainer.training import TrainingError
+from vqrt.trainer.training import TrainingError, check_precision
 
 torch.set_num_threads(1)
 
@@ -80,6 +80,49 @@ def test_resume_gives_the_same_weights(tmp_path):
     assert scores and [r for r in resumed if "held_out" in r] == scores
 
 
+@needs_data
+def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path):
+    run = tmp_path / "run"
+    # The discriminator starts at step 100: the adaptive weight's gradients and the
+    # discriminator's own step run under autocast too.
+    assert train(tmp_path, run, 120, "--precision", "bf16", "--log-every", "20",
+                 "--sample-every", "120", disc_start=100) == 0
+    l1 = metrics(run, "l1")  # means over 20 steps
+    assert l1[4] < 0.8 * l1[0], l1  # steps 1-20 against 81-100, as in fp32 above
+    assert metrics(run, "d") and metrics(run, "d_weight")
+    assert json.loads((run / "train.json").read_text())["precision"] == "bf16"
+    assert {t.dtype for t in weights(run / "model.safetensors").values()} == {torch.float32}
+    assert metrics(run, "held_out")[-1]["psnr_db"] > 10  # measured in fp32
+
+
+def test_bf16_autocast_leaves_the_code_search_in_fp32(tmp_path):
+    """Under autocast, VQModel.forward quantizes the fp32 latent with fp32 distances: its codes
+    are those an fp32 search picks for the same latent."""
+    from vqrt.trainer.model_config import parse_model_config
+    from vqrt.trainer.models.vqgan import VQModel
+    section = yaml.safe_load(tiny_vqgan_config(tmp_path / "tiny.yaml").read_text())["model"]
+    torch.manual_seed(0)
+    model = VQModel(parse_model_config(section).config)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    quantized = []
+    model.post_quant_conv.register_forward_hook(lambda m, args, out: quantized.append(args[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent = model.encode_latent(x)  # bf16
+        model(x)
+    (quant,) = quantized
+    assert latent.dtype == torch.bfloat16 and quant.dtype == torch.float32
+    expected = model.quantize.lookup(model.quantize.indices(latent.float()))
+    # Equal up to the rounding of the straight-through estimator's z + (z_q - z); another code
+    # would be off by a code spacing.
+    torch.testing.assert_close(quant, expected, rtol=0, atol=1e-5)
+
+
+def test_an_unknown_precision_is_refused():
+    # The command line offers fp32 and bf16 only; the Python entry point checks as well.
+    with pytest.raises(TrainingError, match="--precision fp16: choose one of fp32, bf16"):
+        check_precision("fp16", torch.device("cpu"))
+
+
 def test_learning_rate_is_constant_then_a_cosine_to_zero():
     settings = VQGANSettings(data="", config="", out="", steps=8, lr=1e-3, lr_decay_from=4)
     rates = [learning_rate(settings, step) for step in range(8)]
@@ -130,6 +173,37 @@ def test_init_from_starts_at_a_trained_first_stage_with_its_config(tmp_path):
 
 
 @needs_data
+def test_init_partial_grows_a_trained_first_stage_by_a_level(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert train(tmp_path, first, 4) == 0
+    grown_config = tiny_vqgan_variant(tmp_path / "grown.yaml",
+                                      ddconfig={"ch_mult": [1, 1, 2, 2]})  # f = 4 -> 8
+    grown = tmp_path / "grown"
+    command = ["train", "vqgan", "--init-from", str(first), "--init-partial", "--data",
+               str(tmp_path / "photos"), "--out", str(grown), "--steps", "1", "--batch-size",
+               "4", "--lr", "1e-12"]
+    assert main(command) == 2  # which model to grow into?
+    assert "--init-partial needs --init-from (the trained first stage) and --config" in \
+        capsys.readouterr().err
+    assert not grown.exists()
+    assert main(command + ["--config", str(grown_config)]) == 0
+    before, after = weights(first / "model.safetensors"), weights(grown / "model.safetensors")
+    # New: the third level's downsampling, the fourth level, its decoder twin. At a rate of
+    # 1e-12 one step leaves every tensor where it started.
+    fresh = sorted(set(after) - set(before))
+    assert fresh and all(name.startswith(("encoder.down.2.downsample.", "encoder.down.3.",
+                                          "decoder.up.3.")) for name in fresh), fresh
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-9)
+    new_blocks = [name for name in fresh if ".conv2." in name]
+    assert new_blocks and all(after[name].abs().max() < 1e-9 for name in new_blocks)
+    assert f"{len(after) - len(fresh)} of {len(after)} tensors from {first}" in \
+        capsys.readouterr().out
+    model = json.loads((grown / "config.json").read_text())["model"]
+    assert model["params"]["ddconfig"]["ch_mult"] == [1, 1, 2, 2]
+
+
+@needs_data
 def test_init_from_an_upstream_checkpoint_and_its_yaml(tmp_path):
     golden = DATA.parent / "golden" / "vqgan.ckpt"  # made by the upstream code
     if not golden.is_file():
@@ -153,10 +227,7 @@ def test_init_from_an_upstream_checkpoint_and_its_yaml(tmp_path):
 def test_init_from_refuses_what_it_cannot_start_from(tmp_path, capsys):
     first = tmp_path / "first"
     assert train(tmp_path, first, 2) == 0
-    other = tmp_path / "other.yaml"
-    config = yaml.safe_load(tiny_vqgan_config(other).read_text())
-    config["model"]["params"]["n_embed"] = 32
-    other.write_text(yaml.safe_dump(config))
+    other = tiny_vqgan_variant(tmp_path / "other.yaml", params={"n_embed": 32})
     common = ["train", "vqgan", "--data", str(tmp_path / "photos"), "--steps", "1"]
     assert main([*common, "--init-from", str(first), "--config", str(other),
                  "--out", str(tmp_path / "misfit")]) == 2

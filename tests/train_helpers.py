@@ -28,6 +28,15 @@ def tiny_vqgan_config(path: Path, disc_start: int = 10) -> Path:
     return path
 
 
+def tiny_vqgan_variant(path: Path, params=None, ddconfig=None) -> Path:
+    """tiny_vqgan_config with some model.params (and ddconfig) values changed."""
+    config = yaml.safe_load(tiny_vqgan_config(path).read_text())
+    config["model"]["params"].update(params or {})
+    config["model"]["params"]["ddconfig"].update(ddconfig or {})
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def tiny_segmentation_config(path: Path, n_labels: int) -> Path:
     ddconfig = dict(TINY_DDCONFIG, in_channels=n_labels, out_ch=n_labels)
     model = {"base_learning_rate": 1e-4, "target": "taming.models.vqgan.VQSegmentationModel",

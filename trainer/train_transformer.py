@@ -42,8 +42,8 @@ from vqrt.trainer.models.mingpt import top_k_filter
 from vqrt.trainer.models.net2net import Net2NetTransformer
 from vqrt.trainer.training import (
     MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, SETTINGS_FILE,
-    data_parallel, latest_checkpoint, load_training_checkpoint, open_run, progress_bar,
-    read_settings, samples_path, save_grid, save_training_checkpoint, seed_step,
+    data_parallel, latest_checkpoint, load_training_checkpoint, mixed_precision, open_run,
+    progress_bar, read_settings, samples_path, save_grid, save_training_checkpoint, seed_step,
     set_learning_rate, settings_to_json, warmup_cosine, write_json)
 
 SAMPLES = 8
@@ -80,6 +80,7 @@ class TransformerSettings:
     log_every: int = 10
     keep_checkpoints: int = 2
     device: str = "auto"
+    precision: str = "fp32"  # or bf16: the step's forward pass under bfloat16 autocast
     world_size: int = 1
 
 
@@ -222,7 +223,8 @@ class TransformerTrainer:
             inputs = keep * codes + (1 - keep) * random_tokens
         sequence = torch.cat([cond, inputs], dim=1)  # (B, L + h*w)
         logits = gpt(sequence[:, :-1])[:, cond.shape[1] - 1:]  # (B, h*w, vocab)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+        # fp32 softmax over the vocabulary also under --precision bf16
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1))
 
     def train_step(self, tokens: TokenSet, step: int) -> Dict[str, float]:
         s, p = self.settings, self.processes
@@ -230,8 +232,9 @@ class TransformerTrainer:
         set_learning_rate(self.optimizer, lr)
         chosen = torch.tensor(batch_indices(s.seed, step, len(tokens.codes), s.batch_size,
                                             p.rank, p.world_size))
-        loss = self.loss(self.gpt, tokens.codes[chosen].to(p.device),
-                         tokens.cond[chosen].to(p.device), corrupt=True)
+        with mixed_precision(s.precision, p.device):
+            loss = self.loss(self.gpt, tokens.codes[chosen].to(p.device),
+                             tokens.cond[chosen].to(p.device), corrupt=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -36,9 +36,9 @@ from vqrt.trainer.model_config import VQMODEL, VQSEGMENTATION, ConfigError, pars
 from vqrt.trainer.models.vqgan import VQModel
 from vqrt.trainer.training import (
     MetricsLog, Processes, RunningMeans, StepTimer, TrainingError, TrainingState, SETTINGS_FILE,
-    data_parallel, latest_checkpoint, load_training_checkpoint, open_run, progress_bar,
-    samples_path, save_grid, save_training_checkpoint, seed_step, set_learning_rate,
-    settings_to_json, warmup_cosine, write_json)
+    data_parallel, latest_checkpoint, load_training_checkpoint, mixed_precision, open_run,
+    progress_bar, samples_path, save_grid, save_training_checkpoint, seed_step,
+    set_learning_rate, settings_to_json, warmup_cosine, write_json)
 
 VQ_LOSS = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
 SEGMENTATION_LOSS = "taming.modules.losses.segmentation.BCELossWithQuant"
@@ -53,6 +53,7 @@ class VQGANSettings:
     steps: int
     config: Optional[str] = None  # default: --init-from's config
     init_from: Optional[str] = None  # first stage to start from: run, checkpoint, upstream .ckpt
+    init_partial: bool = False  # --config's model differs: take init_from's matching tensors
     extra_data: Optional[List[str]] = None  # more training folders; their held-out part unused
     stage: str = "vqgan"
     size: Optional[int] = None  # training crop side; default: the config's resolution
@@ -70,6 +71,7 @@ class VQGANSettings:
     restart_dead_codes: int = 0  # steps between dead-code restarts; 0: never (upstream)
     lr_decay_from: Optional[int] = None  # cosine decay to 0 from this step; None: constant
     device: str = "auto"
+    precision: str = "fp32"  # or bf16: the step's forward passes under bfloat16 autocast
     world_size: int = 1
 
 
@@ -231,6 +233,26 @@ class VQGANTrainer:
     # --- one step ----------------------------------------------------------------------------
 
     def train_step(self, x: torch.Tensor, step: int) -> Dict[str, float]:
+        autocast = mixed_precision(self.settings.precision, self.processes.device)
+        with autocast:
+            total, reconstruction, logs, gan_active = self.autoencoder_loss(x, step)
+        autoencoder = self.optimizers["autoencoder"]
+        autoencoder.zero_grad(set_to_none=True)
+        total.backward()
+        autoencoder.step()
+        if gan_active:
+            fake = reconstruction.detach()
+            with autocast:
+                d_loss = self.loss.disc_factor * self.d_loss(self.disc(x), self.disc(fake))
+            discriminator = self.optimizers["discriminator"]
+            discriminator.zero_grad(set_to_none=True)
+            d_loss.backward()
+            discriminator.step()
+            logs["d"] = float(d_loss.detach())
+        return logs
+
+    def autoencoder_loss(self, x: torch.Tensor, step: int):
+        """-> (L_ae, reconstruction, logs, whether the GAN term is on)."""
         loss = self.loss
         reconstruction, quantizer_loss = self.ae(x)
         logs: Dict[str, float] = {"quant": float(quantizer_loss.detach())}
@@ -259,19 +281,7 @@ class VQGANTrainer:
                 total = total + weight * loss.disc_factor * g_loss
                 logs.update(g=float(g_loss.detach()), d_weight=float(weight))
         logs["loss"] = float(total.detach())
-        autoencoder = self.optimizers["autoencoder"]
-        autoencoder.zero_grad(set_to_none=True)
-        total.backward()
-        autoencoder.step()
-        if gan_active:
-            fake = reconstruction.detach()
-            d_loss = loss.disc_factor * self.d_loss(self.disc(x), self.disc(fake))
-            discriminator = self.optimizers["discriminator"]
-            discriminator.zero_grad(set_to_none=True)
-            d_loss.backward()
-            discriminator.step()
-            logs["d"] = float(d_loss.detach())
-        return logs
+        return total, reconstruction, logs, gan_active
 
     # --- pictures and held-out numbers --------------------------------------------------------
 
@@ -363,12 +373,16 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
         # A resumed run reads its model from its newest checkpoint, not from a YAML file
         # that may have changed since.
         checkpoint = latest_checkpoint(run) if resume else None
+        if settings.init_partial and (settings.init_from is None or settings.config is None):
+            raise TrainingError("--init-partial needs --init-from (the trained first stage) and "
+                                "--config (the new model)")
         initial = None
         if checkpoint is None and settings.init_from is not None:
-            initial = load_initial_weights(Path(settings.init_from), settings.config)
+            initial = load_initial_weights(Path(settings.init_from),
+                                           None if settings.init_partial else settings.config)
         if checkpoint is not None:
             source = checkpoint / "config.json"
-        elif initial is not None:
+        elif initial is not None and not settings.init_partial:
             source = initial.config_path  # --config when given, else the checkpoint's own
         elif settings.config is not None:
             source = Path(settings.config)
@@ -389,9 +403,36 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
             raise TrainingError(f"--lr-decay-from {decay_from} must be at least 0 and below "
                                 f"--steps {settings.steps}")
         trainer = VQGANTrainer(settings, model_section, processes)
-        if initial is not None:  # every process loads the same file: the replicas stay equal
+        # Every process loads the same file: the replicas stay equal.
+        if initial is not None and settings.init_partial:
+            fresh = grow_from(trainer.model, initial.model.state_dict())
+            if processes.is_main:
+                total = len(trainer.model.state_dict())
+                print(f"vqrt train: --init-partial: {total - len(fresh)} of {total} tensors "
+                      f"from {settings.init_from}; fresh (new or reshaped): "
+                      f"{', '.join(fresh) or 'none'}")
+        elif initial is not None:
             trainer.model.load_state_dict(initial.model.state_dict())
         return trainer.run(resume)
+
+
+def grow_from(model: VQModel, source: Mapping[str, torch.Tensor]) -> List[str]:
+    """--init-partial: copies every tensor of source whose name and shape model shares (as
+    upstream's init_from_ckpt loads with strict=False) and returns the names of the rest, which
+    keep their fresh initialization, except that a new residual block starts as the identity
+    (its conv2 zero, Goyal et al. 2017). So a model grown by a level (f = 8 -> 16) starts at the
+    trained one's function but for the new down- and upsampling convolutions."""
+    state = model.state_dict()
+    fresh = [name for name, tensor in state.items()
+             if name not in source or source[name].shape != tensor.shape]
+    fresh_set = set(fresh)
+    for name in state:
+        if name not in fresh_set:
+            state[name] = source[name]
+        elif ".block." in name and ".conv2." in name:
+            state[name] = torch.zeros_like(state[name])
+    model.load_state_dict(state)
+    return fresh
 
 
 def load_initial_weights(path: Path, config: Optional[str]):

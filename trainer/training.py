@@ -102,6 +102,25 @@ def data_parallel(module: nn.Module, processes: Processes) -> nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def mixed_precision(precision: str, device: torch.device):
+    """Context for a training step's forward passes. fp32: nothing changes. bf16: torch autocast
+    runs matmuls and convolutions in bfloat16; weights, gradients, Adam's state, norms and
+    reductions stay fp32, so no loss scaling is needed (bf16 has fp32's exponent range).
+    Held-out numbers are always measured in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise TrainingError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError("--precision bf16: this GPU has no bfloat16 arithmetic (it came "
+                            "before Ampere); train with --precision fp32")
+
+
 # --- randomness ---------------------------------------------------------------------------
 
 def seed_step(seed: int, step: int, rank: int) -> torch.Generator:
@@ -228,7 +247,7 @@ def prepare_run(run: Path, resume: bool, stage: str) -> Optional[Dict[str, Any]]
 
 # Settings a resumed run may change; any other difference from the stored run is an error.
 RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "sample_every", "log_every",
-                     "keep_checkpoints", "device", "lr_decay_from")
+                     "keep_checkpoints", "device", "precision", "lr_decay_from")
 
 
 @contextmanager
@@ -245,6 +264,7 @@ def open_run(given: Mapping[str, Any], resume: bool, stage: str, settings_type,
         given = dict(given, world_size=processes.world_size)
         settings = merge_settings(settings_type, stored, given, RESUMABLE_CHANGES, run)
         require_positive(settings, positive)
+        check_precision(settings.precision, processes.device)
         yield run, settings, processes
     finally:
         stop_processes()

@@ -249,6 +249,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, metavar="K",
                         help="newest checkpoints kept (2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),  # trainer.training.PRECISIONS
+                        help="fp32 (default), or bf16: forward passes in bfloat16 autocast with "
+                             "fp32 weights and optimizer; faster on GPUs and on CPUs with "
+                             "AVX512-BF16 or AMX")
 
 
 def _add_train_parser(commands) -> None:
@@ -271,6 +275,10 @@ def _add_train_parser(commands) -> None:
                        help="start from this first stage's weights (a vqgan run, checkpoint "
                             "folder or upstream .ckpt) with a fresh optimizer; its config is "
                             "the default --config")
+    vqgan.add_argument("--init-partial", action="store_true", default=None,
+                       help="with --init-from and a --config of another shape (say one level "
+                            "more): take the tensors whose names and shapes match, start the "
+                            "rest fresh (new residual blocks as the identity)")
     vqgan.add_argument("--extra-data", action="append", metavar="DIR",
                        help="another image folder to train on (repeatable); split as --data, "
                             "its held-out files unused")

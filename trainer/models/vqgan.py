@@ -368,5 +368,10 @@ class VQModel(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """Training path (VectorQuantizer only): x -> (reconstruction, quantizer loss)."""
-        quant, loss, _ = self.quantize(self.encode_latent(x))
+        z = self.encode_latent(x)
+        # Under bf16 autocast (vqrt train --precision bf16) the nearest-code search and the
+        # codebook losses still run in fp32: with an 8-bit mantissa, distances to close codes
+        # tie and the argmin would flip.
+        with torch.autocast(z.device.type, enabled=False):
+            quant, loss, _ = self.quantize(z.float())
         return self.decode_latent(quant), loss
