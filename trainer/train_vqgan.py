@@ -408,12 +408,22 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
             fresh = grow_from(trainer.model, initial.model.state_dict())
             if processes.is_main:
                 total = len(trainer.model.state_dict())
+                modules = dict.fromkeys(_module_of(name) for name in fresh)
                 print(f"vqrt train: --init-partial: {total - len(fresh)} of {total} tensors "
                       f"from {settings.init_from}; fresh (new or reshaped): "
-                      f"{', '.join(fresh) or 'none'}")
+                      f"{', '.join(modules) or 'none'}")
         elif initial is not None:
             trainer.model.load_state_dict(initial.model.state_dict())
         return trainer.run(resume)
+
+
+def _module_of(tensor_name: str) -> str:
+    """'decoder.up.4.block.1.conv2.weight' -> 'decoder.up.4.block.1': what a user would add."""
+    parts = tensor_name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("block", "attn"):
+            return ".".join(parts[:i + 2])
+    return ".".join(parts[:-1])
 
 
 def grow_from(model: VQModel, source: Mapping[str, torch.Tensor]) -> List[str]:
