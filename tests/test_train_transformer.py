@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from train_helpers import (
-    assert_same_tensors, depth_subset, image_subset, metrics, needs_data, segmentation_subset,
-    tiny_depth_config, tiny_segmentation_config, tiny_vqgan_config, weights)
+    assert_same_tensors, depth_subset, image_subset, metrics, needs_data, needs_native_bf16,
+    segmentation_subset, tiny_depth_config, tiny_segmentation_config, tiny_vqgan_config, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 
@@ -55,6 +55,7 @@ def test_unconditional_loss_falls(first_stage, tmp_path, capsys):
 
 
 @needs_data
+@needs_native_bf16
 def test_bf16_mixed_precision_loss_falls(first_stage, tmp_path):
     run = tmp_path / "gpt"
     assert train(first_stage, run, 80, "--precision", "bf16", "--log-every", "20",

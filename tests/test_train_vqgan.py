@@ -9,12 +9,14 @@ import yaml
 
 from train_helpers import (
     DATA, assert_same_tensors, depth_subset, image_subset, metrics, needs_data,
+    needs_native_bf16,
     records_without_timing, segmentation_subset, tiny_depth_config, tiny_segmentation_config,
     tiny_vqgan_config, tiny_vqgan_variant, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
 from vqrt.trainer.train_vqgan import VQGANSettings, learning_rate
+from vqrt.trainer import training
 from vqrt.trainer.training import TrainingError, check_precision
 
 torch.set_num_threads(1)
@@ -81,6 +83,7 @@ def test_resume_gives_the_same_weights(tmp_path):
 
 
 @needs_data
+@needs_native_bf16
 def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path):
     run = tmp_path / "run"
     # The discriminator starts at step 100: the adaptive weight's gradients and the
@@ -121,6 +124,16 @@ def test_an_unknown_precision_is_refused():
     # The command line offers fp32 and bf16 only; the Python entry point checks as well.
     with pytest.raises(TrainingError, match="--precision fp16: choose one of fp32, bf16"):
         check_precision("fp16", torch.device("cpu"))
+
+
+@needs_data
+def test_bf16_is_refused_on_a_cpu_that_would_emulate_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    run = tmp_path / "run"
+    assert train(tmp_path, run, 2, "--precision", "bf16") == 2
+    assert "--precision bf16: this CPU has no native bfloat16 arithmetic" in \
+        capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_learning_rate_is_constant_then_a_cosine_to_zero():

@@ -8,9 +8,15 @@ import pytest
 import torch
 import yaml
 
+from vqrt.trainer.training import cpu_has_bf16
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "images").is_dir(),
                                 reason=f"sample data not found at {DATA}")
+# vqrt train refuses --precision bf16 on a CPU that would emulate it (trainer.training).
+needs_native_bf16 = pytest.mark.skipif(
+    not cpu_has_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
+    "vqrt train refuses --precision bf16 here")
 
 # f = 4 at 32 px (an 8 x 8 latent), no attention but the mid blocks: ~0.75 M parameters.
 TINY_DDCONFIG = {"double_z": False, "z_channels": 16, "resolution": 32, "in_channels": 3,

@@ -113,12 +113,26 @@ def mixed_precision(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), as oneDNN sees it.
+    Without it autocast emulates bf16 through fp32 conversions and runs slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise TrainingError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainingError("--precision bf16: this GPU has no bfloat16 arithmetic (it came "
                             "before Ampere); train with --precision fp32")
+    # On an AVX2-only EPYC the demo VQGAN took 17 s a step in bf16 against 0.7 s in fp32.
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise TrainingError("--precision bf16: this CPU has no native bfloat16 arithmetic "
+                            "(AVX512-BF16 or AMX), so it would run far slower than fp32; "
+                            "train with --precision fp32")
 
 
 # --- randomness ---------------------------------------------------------------------------
