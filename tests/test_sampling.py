@@ -9,6 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from cpu_flags import cpu_flags
 from scipy import stats
 
 from vqrt import _native
@@ -311,9 +313,7 @@ def test_generic_run_has_no_torch(generic_results):
 @pytest.mark.parametrize("isa, needs", [("avx2", {"avx2", "fma"}),
                                         ("avx512", {"avx2", "fma", "avx512f"})])
 def test_simd_variant_matches_generic(isa, needs, generic_results):
-    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith("flags")), []))
+    flags = cpu_flags()
     if not needs <= flags:
         pytest.skip(f"this CPU lacks {isa} ({' '.join(sorted(needs - flags))} not in /proc/cpuinfo)")
     variant = _run_with_isa(isa)
