@@ -9,10 +9,9 @@ import textwrap
 
 import numpy as np
 import pytest
-
-from cpu_flags import cpu_flags
 from scipy import stats
 
+from cpu_flags import cpu_flags
 from vqrt import _native
 from vqrt.runtime.sampling import sample_logits, sampling_probs
 
