@@ -159,6 +159,21 @@ def test_a_resumed_run_may_set_the_decay_but_not_past_its_end(tmp_path, capsys):
 
 
 @needs_data
+def test_adam_betas_reach_the_optimizer_and_bad_ones_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tmp_path, run, 2, "--adam-betas", "0.9", "0.999") == 0
+    assert json.loads((run / "train.json").read_text())["adam_betas"] == [0.9, 0.999]
+    state = json.loads((run / "checkpoints" / "step_0000002" / "state.json").read_text())
+    groups = {name: [g["betas"] for g in s["param_groups"]]
+              for name, s in state["optimizers"].items()}
+    # The discriminator keeps upstream's betas: the option is for runs without the GAN term.
+    assert groups == {"autoencoder": [[0.9, 0.999]], "discriminator": [[0.5, 0.9]]}
+    assert train(tmp_path, tmp_path / "bad", 2, "--adam-betas", "0.9", "1") == 2
+    assert "--adam-betas must lie in [0, 1), got 0.9 1.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@needs_data
 def test_resume_refuses_to_change_what_is_trained(tmp_path, capsys):
     run = tmp_path / "run"
     assert train(tmp_path, run, 2) == 0

@@ -8,7 +8,7 @@ VQModel objective (upstream VQLPIPSWithDiscriminator), images x and reconstructi
           + [step >= disc_start] * disc_factor * lambda * (-mean(D(x')))
   L_D   = [step >= disc_start] * disc_factor * hinge(D(x), D(x'))
 lambda is the adaptive weight (losses.adaptive_weight) times disc_weight. Adam(lr, betas
-(0.5, 0.9)) for both, at a constant lr as upstream, or (--lr-decay-from, not upstream) constant
+(0.5, 0.9)) for both (the autoencoder's: --adam-betas), at a constant lr as upstream, or (--lr-decay-from, not upstream) constant
 and then a cosine to 0 at the last step. Before disc_start the discriminator is not run at all:
 upstream runs it with factor 0, which changes no weight of the autoencoder.
 The discriminator step scores the reconstructions of the autoencoder step (detached); upstream
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,9 @@ class VQGANSettings:
     keep_checkpoints: int = 2
     restart_dead_codes: int = 0  # steps between dead-code restarts; 0: never (upstream)
     lr_decay_from: Optional[int] = None  # cosine decay to 0 from this step; None: constant
+    # The autoencoder's Adam betas. Upstream's (0.5, 0.9) suit the GAN term; a run without it
+    # (disc_start after the last step) may prefer the usual (0.9, 0.999).
+    adam_betas: Tuple[float, float] = (0.5, 0.9)
     device: str = "auto"
     precision: str = "fp32"  # or bf16: the step's forward passes under bfloat16 autocast
     world_size: int = 1
@@ -188,7 +191,7 @@ class VQGANTrainer:
         self.model = VQModel(cfg).to(device)
         self.ae = data_parallel(self.model, processes)
         self.optimizers = {"autoencoder": torch.optim.Adam(
-            self.model.parameters(), lr=settings.lr, betas=(0.5, 0.9))}
+            self.model.parameters(), lr=settings.lr, betas=tuple(settings.adam_betas))}
         self.modules = {}
         self.restart = None
         if settings.restart_dead_codes > 0:
@@ -376,6 +379,9 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
         if settings.init_partial and (settings.init_from is None or settings.config is None):
             raise TrainingError("--init-partial needs --init-from (the trained first stage) and "
                                 "--config (the new model)")
+        if not all(0 <= beta < 1 for beta in settings.adam_betas):
+            raise TrainingError(f"--adam-betas must lie in [0, 1), got "
+                                f"{' '.join(map(str, settings.adam_betas))}")
         initial = None
         if checkpoint is None and settings.init_from is not None:
             initial = load_initial_weights(Path(settings.init_from),

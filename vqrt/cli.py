@@ -293,6 +293,9 @@ def _add_train_parser(commands) -> None:
                        help="from STEP on, decay the learning rate along a cosine to 0 at "
                             "--steps (not upstream; default: constant; a resumed run may set "
                             "or change it)")
+    vqgan.add_argument("--adam-betas", type=float, nargs=2, metavar=("B1", "B2"),
+                       help="the autoencoder's Adam betas (default: upstream's 0.5 0.9, chosen "
+                            "for the GAN term; 0.9 0.999 for a run without it)")
     vqgan.add_argument("--perceptual-weights", metavar="FILE",
                        help="LPIPS weights (upstream layout, .safetensors or torch file); "
                             "without them the perceptual term is off")
@@ -337,6 +340,9 @@ def _add_eval_parser(commands) -> None:
     vqgan.add_argument("--size", type=int,
                        help="crop side (default: the run's --resize or --size)")
     vqgan.add_argument("--val-fraction", type=float, help="default: the run's")
+    vqgan.add_argument("--adam-betas", type=float, nargs=2, metavar=("B1", "B2"),
+                       help="the autoencoder's Adam betas (default: upstream's 0.5 0.9, chosen "
+                            "for the GAN term; 0.9 0.999 for a run without it)")
     vqgan.add_argument("--perceptual-weights", metavar="FILE",
                        help="LPIPS weights (as for vqrt train vqgan): also report LPIPS")
     vqgan.add_argument("--inception-weights", metavar="FILE",
