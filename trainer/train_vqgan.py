@@ -8,9 +8,10 @@ VQModel objective (upstream VQLPIPSWithDiscriminator), images x and reconstructi
           + [step >= disc_start] * disc_factor * lambda * (-mean(D(x')))
   L_D   = [step >= disc_start] * disc_factor * hinge(D(x), D(x'))
 lambda is the adaptive weight (losses.adaptive_weight) times disc_weight. Adam(lr, betas
-(0.5, 0.9)) for both (the autoencoder's: --adam-betas), at a constant lr as upstream, or (--lr-decay-from, not upstream) constant
-and then a cosine to 0 at the last step. Before disc_start the discriminator is not run at all:
-upstream runs it with factor 0, which changes no weight of the autoencoder.
+(0.5, 0.9)) for both (the autoencoder's: --adam-betas), at a constant lr as upstream, or
+(--lr-decay-from, not upstream) constant and then a cosine to 0 at the last step. Before
+disc_start the discriminator is not run at all: upstream runs it with factor 0, which changes no
+weight of the autoencoder.
 The discriminator step scores the reconstructions of the autoencoder step (detached); upstream
 (Lightning, one optimizer after the other) re-runs the autoencoder after its update first.
 

@@ -340,9 +340,6 @@ def _add_eval_parser(commands) -> None:
     vqgan.add_argument("--size", type=int,
                        help="crop side (default: the run's --resize or --size)")
     vqgan.add_argument("--val-fraction", type=float, help="default: the run's")
-    vqgan.add_argument("--adam-betas", type=float, nargs=2, metavar=("B1", "B2"),
-                       help="the autoencoder's Adam betas (default: upstream's 0.5 0.9, chosen "
-                            "for the GAN term; 0.9 0.999 for a run without it)")
     vqgan.add_argument("--perceptual-weights", metavar="FILE",
                        help="LPIPS weights (as for vqrt train vqgan): also report LPIPS")
     vqgan.add_argument("--inception-weights", metavar="FILE",
