@@ -3,8 +3,8 @@
 Times the trainers' own train_step (the code `vqrt train` runs) for the demo model's two stages
 (models/demo): the VQGAN on batches of 8 crops of 64 x 64, without the GAN term (its
 disc_start lies past the run), and the 4-layer GPT (192 wide) on batches of 8 sequences of
-the codes of 128 x 128 images. fp32 and bf16 steps alternate in rounds, so both see the same load on a shared
-machine; the median step time of each is reported. Inputs are random: a step's cost does not
+the codes of 128 x 128 images. fp32 and bf16 steps alternate in rounds, so both see the same
+load on a shared machine; the median step time of each is reported. Inputs are random: a step's cost does not
 depend on the pixels or codes. On a CPU without native bf16 (`vqrt train` refuses bf16 there)
 the bf16 steps are emulated and slow: pass fewer rounds.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from vqrt.bench.suite import machine_info
 from vqrt.trainer.train_transformer import TokenSet, TransformerSettings, TransformerTrainer
 from vqrt.trainer.train_vqgan import VQGANSettings, VQGANTrainer, read_model_section
-from vqrt.bench.suite import machine_info
 from vqrt.trainer.training import Processes, cpu_has_bf16
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
