@@ -1,6 +1,7 @@
 """Stage 1 training on the sample photos: the loss falls, resume is exact, the run loads,
 `vqrt inspect` and `vqrt eval` read it, and the loss pieces behave as upstream's."""
 import json
+import math
 import shutil
 
 import pytest
@@ -14,8 +15,10 @@ from train_helpers import (
     tiny_vqgan_config, tiny_vqgan_variant, weights)
 from vqrt.cli import main
 from vqrt.trainer.checkpoints import load_checkpoint
-from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips
-from vqrt.trainer.train_vqgan import VQGANSettings, learning_rate
+from vqrt.trainer.evaluate import psnr
+from vqrt.trainer.losses import LPIPS, NLayerDiscriminator, adaptive_weight, load_lpips, \
+    pixel_loss
+from vqrt.trainer.train_vqgan import VQGANSettings, learning_rate, train_vqgan
 from vqrt.trainer import training
 from vqrt.trainer.training import TrainingError, check_precision
 
@@ -170,6 +173,37 @@ def test_adam_betas_reach_the_optimizer_and_bad_ones_are_refused(tmp_path, capsy
     assert groups == {"autoencoder": [[0.9, 0.999]], "discriminator": [[0.5, 0.9]]}
     assert train(tmp_path, tmp_path / "bad", 2, "--adam-betas", "0.9", "1") == 2
     assert "--adam-betas must lie in [0, 1), got 0.9 1.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_log_mse_pixel_loss_is_the_mean_psnr_up_to_sign_and_scale():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 16, 16, generator=generator) * 2 - 1
+    # Three images reconstructed with very different errors: the mean of ln(MSE) is not ln of
+    # the mean MSE, so a batch-wide MSE would fail this.
+    noise = torch.randn(3, 3, 16, 16, generator=generator) * torch.tensor([0.02, 0.1, 0.5])[
+        :, None, None, None]
+    reconstruction = x + noise
+    psnr_db = psnr((x + 1) / 2, (reconstruction + 1) / 2)  # pixels in [0, 1], (3,)
+    expected = math.log(4) - math.log(10) / 10 * psnr_db.double().mean()
+    torch.testing.assert_close(pixel_loss(x, reconstruction, "log-mse").double(), expected,
+                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(pixel_loss(x, reconstruction, "l1"), noise.abs().mean())
+    with pytest.raises(ValueError, match="unknown pixel loss 'l2'"):
+        pixel_loss(x, reconstruction, "l2")
+
+
+@needs_data
+def test_log_mse_pixel_loss_trains_and_bad_names_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tmp_path, run, 2, "--pixel-loss", "log-mse", "--log-every", "1") == 0
+    assert json.loads((run / "train.json").read_text())["pixel_loss"] == "log-mse"
+    # ln(MSE) of a reconstruction within the data range is below ln(4); an L1 loss is above 0.
+    assert all(loss < math.log(4) and loss != l1
+               for loss, l1 in zip(metrics(run, "loss"), metrics(run, "l1")))
+    with pytest.raises(TrainingError, match="--pixel-loss must be one of l1, log-mse, got 'l2'"):
+        train_vqgan({"data": str(tmp_path / "photos"), "out": str(tmp_path / "bad"),
+                     "steps": 1, "pixel_loss": "l2"}, resume=False)
     assert not (tmp_path / "bad").exists()
 
 

@@ -1,4 +1,5 @@
-"""The VQGAN objective's parts: patch discriminator, GAN losses, adaptive weight, LPIPS.
+"""The VQGAN objective's parts: pixel loss, patch discriminator, GAN losses, adaptive weight,
+LPIPS.
 
 Layouts follow upstream taming-transformers (taming.modules.discriminator.model.
 NLayerDiscriminator, taming.modules.losses.lpips.LPIPS) so their state dicts are
@@ -13,6 +14,25 @@ from typing import Dict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+PIXEL_LOSSES = ("l1", "log-mse")
+
+
+def pixel_loss(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, C, H, W) images and reconstructions in [-1, 1] -> scalar loss.
+    l1 (upstream): mean |x - x'|. log-mse (not upstream): the mean over images of ln(MSE_i),
+    which is ln(4) - ln(10) / 10 * PSNR_i for PSNR on [0, 1] pixels: its mean is the mean
+    per-image PSNR that `vqrt eval` reports, up to sign and scale. A mean of L1 or MSE over the
+    batch weighs the worst-reconstructed images most; this weighs each image's error relative
+    to its own, as the evaluation does."""
+    error = x - reconstruction
+    if kind == "l1":
+        return error.abs().mean()
+    if kind == "log-mse":
+        # The floor keeps a perfect reconstruction's loss finite (PSNR 106 dB).
+        return error.square().mean(dim=(1, 2, 3)).clamp_min(1e-10).log().mean()
+    raise ValueError(f"unknown pixel loss {kind!r}: one of {', '.join(PIXEL_LOSSES)}")
 
 
 class NLayerDiscriminator(nn.Module):

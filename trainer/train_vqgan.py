@@ -4,6 +4,7 @@ discriminator with disc_in_channels 1, no LPIPS) or a segmentation model.
 
 VQModel objective (upstream VQLPIPSWithDiscriminator), images x and reconstructions x' in [-1, 1]:
   rec   = mean(|x - x'| + perceptual_weight * LPIPS(x, x'))   (LPIPS only with its weights)
+          (--pixel-loss log-mse, not upstream: mean_i ln(MSE_i) in place of the L1 term)
   L_ae  = rec + codebook_weight * (commitment + codebook terms)
           + [step >= disc_start] * disc_factor * lambda * (-mean(D(x')))
   L_D   = [step >= disc_start] * disc_factor * hinge(D(x), D(x'))
@@ -31,8 +32,8 @@ from vqrt.trainer.codebook_restart import DeadCodeRestart
 from vqrt.trainer.data import (
     DEPTH, PHOTOS, DataError, Dataset, StageInput, batch_indices, center_crop, random_crop)
 from vqrt.trainer.evaluate import evaluate_first_stage
-from vqrt.trainer.losses import DISCRIMINATOR_LOSSES, NLayerDiscriminator, adaptive_weight, \
-    load_lpips
+from vqrt.trainer.losses import DISCRIMINATOR_LOSSES, PIXEL_LOSSES, NLayerDiscriminator, \
+    adaptive_weight, load_lpips, pixel_loss
 from vqrt.trainer.model_config import VQMODEL, VQSEGMENTATION, ConfigError, parse_model_config
 from vqrt.trainer.models.vqgan import VQModel
 from vqrt.trainer.training import (
@@ -74,6 +75,7 @@ class VQGANSettings:
     # The autoencoder's Adam betas. Upstream's (0.5, 0.9) suit the GAN term; a run without it
     # (disc_start after the last step) may prefer the usual (0.9, 0.999).
     adam_betas: Tuple[float, float] = (0.5, 0.9)
+    pixel_loss: str = "l1"  # or "log-mse" (not upstream): losses.pixel_loss
     device: str = "auto"
     precision: str = "fp32"  # or bf16: the step's forward passes under bfloat16 autocast
     world_size: int = 1
@@ -266,13 +268,12 @@ class VQGANTrainer:
             total = rec_loss + loss.codebook_weight * quantizer_loss
             logs["bce"] = float(rec_loss.detach())
         else:
-            pixel_loss = (x - reconstruction).abs()  # (B, C, S, S)
-            logs["l1"] = float(pixel_loss.detach().mean())
+            rec_loss = pixel_loss(x, reconstruction, self.settings.pixel_loss)
+            logs["l1"] = float((x - reconstruction).detach().abs().mean())
             if self.lpips is not None:
-                perceptual = self.lpips(x, reconstruction)  # (B, 1, 1, 1), broadcast
-                pixel_loss = pixel_loss + loss.perceptual_weight * perceptual
+                perceptual = self.lpips(x, reconstruction)  # (B, 1, 1, 1)
+                rec_loss = rec_loss + loss.perceptual_weight * perceptual.mean()
                 logs["lpips"] = float(perceptual.detach().mean())
-            rec_loss = pixel_loss.mean()
             total = rec_loss + loss.codebook_weight * quantizer_loss
             gan_active = step >= loss.disc_start and loss.disc_factor > 0
             if gan_active:
@@ -383,6 +384,9 @@ def train_vqgan(given: Mapping[str, Any], resume: bool) -> Path:
         if not all(0 <= beta < 1 for beta in settings.adam_betas):
             raise TrainingError(f"--adam-betas must lie in [0, 1), got "
                                 f"{' '.join(map(str, settings.adam_betas))}")
+        if settings.pixel_loss not in PIXEL_LOSSES:
+            raise TrainingError(f"--pixel-loss must be one of {', '.join(PIXEL_LOSSES)}, got "
+                                f"{settings.pixel_loss!r}")
         initial = None
         if checkpoint is None and settings.init_from is not None:
             initial = load_initial_weights(Path(settings.init_from),
