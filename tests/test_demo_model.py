@@ -31,7 +31,7 @@ def test_greedy_tokens_agree_across_native_onnxruntime_and_torch(demo_bundle):
             .generate(batch_size=2, params=GenerationParams(greedy=True))
             for backend in ("native", "onnxruntime")}
     np.testing.assert_array_equal(runs["native"].tokens, runs["onnxruntime"].tokens)
-    grid = runs["native"].tokens.shape[1:]  # (16, 16) at the 128 px training size
+    grid = runs["native"].tokens.shape[1:]  # (8, 8) at the 128 px training size
     loaded = load_checkpoint(DEMO / "transformer")
     sos = Generator(demo_bundle, backend="native").bundle.manifest.conditioning.sos_token
     with one_torch_thread():
@@ -47,9 +47,9 @@ def test_both_demo_stages_load_and_describe_themselves():
     vqgan = model_card(load_checkpoint(DEMO / "vqgan")).to_dict()
     transformer = model_card(load_checkpoint(DEMO / "transformer")).to_dict()
     assert (vqgan["kind"], vqgan["codebook_size"], vqgan["downsampling_factor"]) == (
-        "vqgan", 4096, 8)
-    assert (transformer["latent_h"], transformer["latent_w"]) == (16, 16)
-    assert transformer["transformer"]["block_size"] == 16 * 16 + 1
+        "vqgan", 4096, 16)
+    assert (transformer["latent_h"], transformer["latent_w"]) == (8, 8)
+    assert transformer["transformer"]["block_size"] == 8 * 8 + 1
     assert transformer["conditioning"]["kind"] == "unconditional"
     # The transformer checkpoint carries the same first stage as the vqgan run it was trained on.
     assert transformer["stages"][0]["parameters"] == vqgan["stages"][0]["parameters"]
