@@ -24,8 +24,8 @@ def pixel_loss(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torc
     l1 (upstream): mean |x - x'|. log-mse (not upstream): the mean over images of ln(MSE_i),
     which is ln(4) - ln(10) / 10 * PSNR_i for PSNR on [0, 1] pixels: its mean is the mean
     per-image PSNR that `vqrt eval` reports, up to sign and scale. A mean of L1 or MSE over the
-    batch weighs the worst-reconstructed images most; this weighs each image's error relative
-    to its own, as the evaluation does."""
+    batch counts a pixel's error the same in whichever image it lies; this scales each image's
+    gradient by 1 / MSE_i, so halving any image's error gains the same, as in the mean PSNR."""
     error = x - reconstruction
     if kind == "l1":
         return error.abs().mean()
