@@ -60,7 +60,8 @@ demo: $(DEMO_BUNDLE)/manifest.json
 	$(VENV)/bin/vqrt generate $(DEMO_BUNDLE) -o out/demo-$(DEMO_SIZE).png --size $(DEMO_SIZE) \
 	  --window-stride $(DEMO_WINDOW_STRIDE) --top-k 100 --seed 0
 	@echo "Wrote out/demo-samples.png and out/demo-$(DEMO_SIZE).png (sliding windows moved every token,"
-	@echo "as the paper's; DEMO_WINDOW_STRIDE=4 holds each window for 4 tokens, faster; decoded in tiles)."
+	@echo "as the paper's; DEMO_WINDOW_STRIDE=4 holds each window for 4 tokens: 2.5x faster sampling,"
+	@echo "0.05 nats/token more NLL on this model, BENCHMARKS.md; decoded in tiles)."
 
 # The segmentation-conditioned demo (models/demo-seg): a held-out sflckr label map fitted to
 # DEMO_SEG_SIZE (nearest neighbour, centre crop), then sampled through sliding windows. Stride 8
