@@ -4,9 +4,9 @@ Times the trainers' own train_step (the code `vqrt train` runs) for the demo mod
 (models/demo): the VQGAN on batches of 8 crops of 64 x 64, without the GAN term (its
 disc_start lies past the run), and the 4-layer GPT (192 wide) on batches of 8 sequences of
 the codes of 128 x 128 images. fp32 and bf16 steps alternate in rounds, so both see the same
-load on a shared machine; the median step time of each is reported. Inputs are random: a step's cost does not
-depend on the pixels or codes. On a CPU without native bf16 (`vqrt train` refuses bf16 there)
-the bf16 steps are emulated and slow: pass fewer rounds.
+load on a shared machine; the median step time of each is reported. Inputs are random: a step's
+cost does not depend on the pixels or codes. On a CPU without native bf16 (`vqrt train` refuses
+bf16 there) the bf16 steps are emulated and slow: pass fewer rounds.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_step_bench.py [--rounds 15] [--json OUT]
 """

@@ -269,7 +269,10 @@ class VQGANTrainer:
             logs["bce"] = float(rec_loss.detach())
         else:
             rec_loss = pixel_loss(x, reconstruction, self.settings.pixel_loss)
-            logs["l1"] = float((x - reconstruction).detach().abs().mean())
+            # L1 is logged whichever loss trains, so runs compare; with l1 it is rec_loss.
+            l1 = rec_loss if self.settings.pixel_loss == "l1" else \
+                (x - reconstruction).abs().mean()
+            logs["l1"] = float(l1.detach())
             if self.lpips is not None:
                 perceptual = self.lpips(x, reconstruction)  # (B, 1, 1, 1)
                 rec_loss = rec_loss + loss.perceptual_weight * perceptual.mean()

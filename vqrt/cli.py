@@ -296,6 +296,7 @@ def _add_train_parser(commands) -> None:
     vqgan.add_argument("--adam-betas", type=float, nargs=2, metavar=("B1", "B2"),
                        help="the autoencoder's Adam betas (default: upstream's 0.5 0.9, chosen "
                             "for the GAN term; 0.9 0.999 for a run without it)")
+    # losses.PIXEL_LOSSES, spelled out: the CLI imports torch only when a command trains.
     vqgan.add_argument("--pixel-loss", choices=("l1", "log-mse"),
                        help="the reconstruction term: l1 (upstream, the default) or log-mse, "
                             "the mean per-image ln(MSE), i.e. minus the mean PSNR (not upstream)")
