@@ -77,6 +77,13 @@ class GpuTransformer {
   // prefill's). logits: host [batch, sample_vocab] or null.
   void step(const int64_t* tokens, int64_t batch, int64_t pos, float* logits);
 
+  // One token per row from the logits of the last prefill or step, drawn on the device as
+  // generate() draws (seeds[b], Philox counter `step`); the runtime's loop for this decoder
+  // (pass null logits to prefill and step: only the tokens cross to the host). tokens: host
+  // [batch], written when the call returns normally; otherwise the CPU sampler's message for the
+  // lowest bad row.
+  void sample(const uint64_t* seeds, uint64_t step, const SamplingParams& params, int64_t* tokens);
+
   // A prefill of prefix (host [batch, prefix_length]), then `steps` sampled tokens per row:
   // token k of row b drawn from the logits of position prefix_length + k - 1 with seeds[b] and
   // Philox counter k (the CPU generator's rule), every token but the last fed back. tokens:
@@ -87,6 +94,7 @@ class GpuTransformer {
   const GpuModelConfig& model() const;
   const GpuDecoderOptions& options() const;
   int64_t length() const;  // cached positions
+  int64_t batch() const;   // rows of the last prefill (0 before any)
 
  private:
   struct State;  // device buffers, stream, cuBLAS, graphs (csrc/cuda/gpu_transformer.cu)

@@ -42,10 +42,14 @@ const GpuDecoderOptions& GpuTransformer::options() const {
   return none;
 }
 int64_t GpuTransformer::length() const { return 0; }
+int64_t GpuTransformer::batch() const { return 0; }
 void GpuTransformer::prefill(const int64_t*, int64_t, int64_t, float*) {
   VQRT_CHECK(false, kNoCuda);
 }
 void GpuTransformer::step(const int64_t*, int64_t, int64_t, float*) {
+  VQRT_CHECK(false, kNoCuda);
+}
+void GpuTransformer::sample(const uint64_t*, uint64_t, const SamplingParams&, int64_t*) {
   VQRT_CHECK(false, kNoCuda);
 }
 void GpuTransformer::generate(const int64_t*, int64_t, int64_t, int64_t, const uint64_t*,

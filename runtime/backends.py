@@ -1,5 +1,6 @@
 """The transformer stage of a Generator: the native C++ decoder (on the CPU, or on an NVIDIA GPU
-as backend "cuda": csrc/gpu_transformer.h over the same weights) or the ONNX Runtime graphs.
+as backend "cuda": csrc/gpu_transformer.h over the same weights), the ONNX Runtime graphs, or
+the bundle's TensorRT engines (runtime/tensorrt_backend.py).
 
 A backend holds what every generation shares and never changes (the native weights, or the
 ONNX Runtime sessions) and makes decoding states with `new_state(batch)`: a KV cache of that
@@ -10,12 +11,18 @@ one of the same batch. Every kind of state answers the same two calls:
     prefill(tokens int64 [B, L])        positions 0..L-1       -> logits float32 [B, V]
     step(tokens int64 [B], position)    one token at position  -> logits float32 [B, V]
 
-where the logits predict the token after the last one fed. This module never imports torch.
+where the logits predict the token after the last one fed. The GPU states (cuda, tensorrt)
+return None instead and keep the logits on the device, where a third call samples them:
+
+    draw(seeds uint64 [B], step, top_k=, top_p=, temperature=, greedy=)  -> tokens int64 [B]
+
+drawing what the CPU sampler would draw from the same logits (the same Philox stream), so only
+tokens cross to and from the host. This module never imports torch.
 """
 from __future__ import annotations
 
 import threading
-from typing import Callable, Dict, List, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -27,15 +34,15 @@ from vqrt.runtime.ort_transformer import OrtTransformer, OrtTransformerGraphs
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 
-BACKENDS = ("auto", "native", "onnxruntime", "cuda")
+BACKENDS = ("auto", "native", "onnxruntime", "cuda", "tensorrt")
 # Backends that run the bundle's native weights (its manifest lists them as "native").
 NATIVE_WEIGHTS = ("native", "cuda")
 
 
 class DecodingState(Protocol):
-    def prefill(self, tokens: np.ndarray) -> np.ndarray: ...
+    def prefill(self, tokens: np.ndarray) -> Optional[np.ndarray]: ...
 
-    def step(self, tokens: np.ndarray, position: int) -> np.ndarray: ...
+    def step(self, tokens: np.ndarray, position: int) -> Optional[np.ndarray]: ...
 
 
 class StatePool:
@@ -118,8 +125,9 @@ class NativeBackend:
 class CudaBackend(NativeBackend):
     """The same native weights on an NVIDIA GPU (csrc/gpu_transformer.h): checked as the CPU
     backend checks them, uploaded once as fp16 and shared by every generation's CudaDecoder (its
-    own KV cache and stream on the device); its logits are the image codes' only [B, codebook].
-    Chosen only when asked for: backend="cuda"."""
+    own KV cache and stream on the device); its logits, the image codes' only [B, codebook],
+    stay on the device and are drawn there (CudaDecoder.draw). Chosen only when asked for:
+    backend="cuda"."""
     name = "cuda"
 
     def __init__(self, bundle: Bundle, num_threads: int):
@@ -135,7 +143,7 @@ class CudaBackend(NativeBackend):
             raise RequestError(f"backend cuda: {e}") from None
 
     def new_state(self, batch: int) -> CudaDecoder:
-        return CudaDecoder(self._weights, max_batch=batch)
+        return CudaDecoder(self._weights, max_batch=batch, fetch_logits=False)
 
 
 class _OrtState:
@@ -173,16 +181,19 @@ class OrtBackend:
 
 def choose_backend(bundle: Bundle, requested: str) -> str:
     """"auto": the first of the manifest's backends (its order of preference) that this runtime
-    runs; otherwise the one asked for, if the bundle has it ("cuda" runs the native weights)."""
+    runs, tensorrt aside; otherwise the one asked for, if the bundle has it ("cuda" runs the
+    native weights). Like cuda, tensorrt is never chosen by "auto" until it has run on a GPU
+    (BENCHMARKS.md says it has not)."""
     have = bundle.manifest.backends
-    runnable = [name for name in have if name in BACKENDS]
+    runnable = [name for name in have if name in BACKENDS and name != "tensorrt"]
     if requested not in BACKENDS:
         raise RequestError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested == "auto":
         if not runnable:
             raise RequestError(f"{bundle.path}: the bundle offers {', '.join(have) or 'nothing'}"
-                               f" for its transformer; the runtime runs native and onnxruntime: "
-                               "rebuild it with `vqrt build --backend auto`")
+                               f" for its transformer; \"auto\" picks native or onnxruntime: "
+                               "rebuild it with `vqrt build --backend auto`, or ask for backend "
+                               "tensorrt")
         return runnable[0]
     needed = "native" if requested in NATIVE_WEIGHTS else requested
     if needed not in have:

@@ -5,11 +5,14 @@ over the bundle's native weights, uploaded once as fp16 and shared by every deco
     decoder = CudaDecoder(weights, max_batch=8)
     logits = decoder.prefill(cond)                        # int64 [B, L] -> float32 [B, V]
     logits = decoder.step(next_tokens, pos)               # int64 [B] -> float32 [B, V]
+    tokens = decoder.draw(seeds, step, top_k=100)         # from the last logits, on the GPU
     tokens = decoder.generate(cond, seeds, steps, ...)    # sampled on the GPU, one copy back
 
-prefill/step answer the runtime's step loop (runtime/backends.py: the Generator samples on the
-host); generate() keeps the loop on the device (CUDA graphs, the device sampler drawing the
-CPU's Philox stream). One decoder per thread; prefill, step and generate release the GIL.
+The runtime's step loop (runtime/backends.py) makes decoders with fetch_logits=False: prefill
+and step then leave the logits on the device and return None, and draw() samples them there,
+so only tokens cross to and from the host, once per step. generate() keeps the whole loop on
+the device (CUDA graphs, the device sampler drawing the CPU's Philox stream). One decoder per
+thread; prefill, step, draw and generate release the GIL.
 Where the GPU decoder cannot run (a build without CUDA, no device, no libcublas), constructing
 CudaWeights raises CudaUnavailable with the reason. This module never imports torch.
 """
@@ -63,24 +66,44 @@ class CudaWeights:
 
 
 class CudaDecoder:
-    """A KV cache of max_batch rows x max_len positions (default the block size) on the GPU."""
+    """A KV cache of max_batch rows x max_len positions (default the block size) on the GPU.
+    fetch_logits: prefill and step copy the logits to the host (else they stay for draw())."""
 
     def __init__(self, weights: CudaWeights, *, max_batch: int = 1,
-                 max_len: Optional[int] = None, use_graph: bool = True):
+                 max_len: Optional[int] = None, use_graph: bool = True,
+                 fetch_logits: bool = True):
         self.shape = weights.shape
+        self.fetch_logits = fetch_logits
         self._vocab = weights.sample_vocab
         self._model = _native.GpuTransformer(
             weights._weights, operator.index(max_batch),
             0 if max_len is None else operator.index(max_len), bool(use_graph))
 
-    def prefill(self, tokens) -> np.ndarray:
+    def prefill(self, tokens) -> Optional[np.ndarray]:
         """tokens int64 [B, T] at positions 0..T-1 (replacing anything cached) -> logits
-        float32 [B, V] predicting position T."""
-        return prefill_logits(self._model, tokens, self._vocab)
+        float32 [B, V] predicting position T (None without fetch_logits)."""
+        if self.fetch_logits:
+            return prefill_logits(self._model, tokens, self._vocab)
+        self._model.prefill(np.ascontiguousarray(tokens, dtype=np.int64))
+        return None
 
-    def step(self, tokens, position: int) -> np.ndarray:
-        """tokens int64 [B] at `position` (the cached length) -> logits float32 [B, V]."""
-        return step_logits(self._model, tokens, position, self._vocab)
+    def step(self, tokens, position: int) -> Optional[np.ndarray]:
+        """tokens int64 [B] at `position` (the cached length) -> logits float32 [B, V] (None
+        without fetch_logits)."""
+        if self.fetch_logits:
+            return step_logits(self._model, tokens, position, self._vocab)
+        self._model.step(np.ascontiguousarray(tokens, dtype=np.int64), operator.index(position))
+        return None
+
+    def draw(self, seeds, step: int, *, top_k: int, top_p: float = 1.0,
+             temperature: float = 1.0, greedy: bool = False) -> np.ndarray:
+        """seeds uint64 [B] -> int64 [B]: one token per row from the logits of the last prefill
+        or step, drawn on the GPU as the CPU sampler draws them (Philox counter `step`);
+        ValueError with the CPU sampler's message for the lowest bad row."""
+        seeds = np.ascontiguousarray(seeds, dtype=np.uint64)
+        out = np.empty(seeds.shape, dtype=np.int64)
+        self._model.sample(seeds, operator.index(step), top_k, top_p, temperature, greedy, out)
+        return out
 
     def generate(self, prefix, seeds, steps: int, *, top_k: int, top_p: float = 1.0,
                  temperature: float = 1.0, greedy: bool = False) -> np.ndarray:

@@ -8,10 +8,10 @@
                     `stride` tokens is fed through the KV cache.
 
 Both answer one call, `logits(index)` -> float32 [B, V] predicting image token `index` of every
-row, made when tokens[:, :index] are final; a generation calls it for index = K, K + 1, ... (K
-image tokens given). They read the generation's token buffer, never write it, and run on any
-DecodingState (runtime/backends.py), so both backends sample through the same plan. This module
-never imports torch.
+row (None from a GPU state, which keeps them for its draw()), made when tokens[:, :index] are
+final; a generation calls it for index = K, K + 1, ... (K image tokens given). They read the
+generation's token buffer, never write it, and run on any DecodingState (runtime/backends.py),
+so every backend samples through the same plan. This module never imports torch.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class CachedDecoding:
         self._tokens = tokens
         self._fed: Optional[int] = None  # image tokens in the KV cache
 
-    def logits(self, index: int) -> np.ndarray:
+    def logits(self, index: int) -> Optional[np.ndarray]:
         if self._fed is None:
             logits = self.state.prefill(np.concatenate([self._prefix,
                                                         self._tokens[:, :index]], axis=1))
@@ -69,7 +69,7 @@ class WindowedDecoding:
         self._served = -1  # the last token whose logits came from the KV cache's window
         self._run_end = 0  # tokens [.., run_end) share that window
 
-    def logits(self, index: int) -> np.ndarray:
+    def logits(self, index: int) -> Optional[np.ndarray]:
         _, _, local, run_end = self._plan.place(index)
         if index - 1 == self._served and index < self._run_end:  # the run goes on
             logits = self.state.step(np.ascontiguousarray(self._tokens[:, index - 1]),

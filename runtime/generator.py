@@ -51,6 +51,7 @@ from vqrt.runtime.first_stage import FirstStage, to_pixels
 from vqrt.runtime.onnx_sessions import execution_providers
 from vqrt.runtime.params import GenerationParams, GenerationResult, RequestError, StageTimings
 from vqrt.runtime.sampling import sample_logits
+from vqrt.runtime.tensorrt_backend import TensorRTBackend
 
 Progress = Callable[[int, int], None]  # (tokens done, tokens in the grid)
 
@@ -61,12 +62,13 @@ class Generation:
     Not thread-safe on its own (one caller drives it); independent of every other Generation.
     """
 
-    def __init__(self, *, generator: "Generator", decoding: Decoding, logits: np.ndarray,
+    def __init__(self, *, generator: "Generator", decoding: Decoding, logits: Optional[np.ndarray],
                  tokens: np.ndarray, start: int, grid: Tuple[int, int],
                  params: GenerationParams, timings: Dict[str, float]):
         self._generator = generator
         self._decoding: Optional[Decoding] = decoding
-        self._logits = logits  # float32 [B, V]: predicts image token self._count
+        # float32 [B, V] predicting image token self._count, or None: on the GPU (state.draw)
+        self._logits = logits
         self._tokens = tokens  # int64 [B, h*w]; [:, :self._count] are final
         self._count = start
         self._grid = grid
@@ -111,11 +113,8 @@ class Generation:
         if decoding is None:
             raise RequestError("this generation is cancelled" if self._cancelled
                                else "this generation is done: call result()")
-        codes = self._generator.codebook_size
-        logits = self._logits if self._logits.shape[1] == codes else np.ascontiguousarray(
-            self._logits[:, :codes])
         started = time.perf_counter()
-        token = self._sample(logits)
+        token = self._sample(decoding.state)
         sampled = time.perf_counter()
         self._timings["sampling_s"] += sampled - started
         self._tokens[:, self._count] = token
@@ -130,8 +129,23 @@ class Generation:
             self._generator._states.give_back(self.batch, decoding.state)
         return token
 
-    def _sample(self, logits: np.ndarray) -> np.ndarray:
-        """The sampler over float32 [B, codes] -> int64 [B], its refusals as RequestError."""
+    def _sample(self, state) -> np.ndarray:
+        """The next token of every row, int64 [B]: the CPU sampler over the logits the state
+        returned (the first codebook_size of them), or, where they stayed on the GPU (the cuda
+        and tensorrt states), its draw() there; refusals as RequestError."""
+        p = self._params
+        top_k = self._generator.codebook_size if p.top_k is None else p.top_k
+        if self._logits is None:
+            try:
+                return state.draw(self._seeds, self._count, top_k=top_k, top_p=p.top_p,
+                                  temperature=p.temperature, greedy=p.greedy)
+            except ValueError as e:  # a NaN or +inf logit, or the temperature overflowing
+                raise RequestError(f"image token {self._count}: {e} (the "
+                                   f"{self._generator.backend} backend over this bundle's "
+                                   "weights)") from None
+        codes = self._generator.codebook_size
+        logits = self._logits if self._logits.shape[1] == codes else np.ascontiguousarray(
+            self._logits[:, :codes])
         finite = np.isfinite(logits).all(axis=1)
         if not finite.all():  # the sampler refuses NaN and +inf; name the token and row here
             row = int(np.flatnonzero(~finite)[0])
@@ -140,10 +154,8 @@ class Generation:
                                f"{row} hold {bad} (the {self._generator.backend} backend over "
                                f"this bundle's weights): no token can be drawn; check the "
                                f"bundle with `vqrt inspect` and rebuild it")
-        p = self._params
         try:
-            return sample_logits(logits, top_k=self._generator.codebook_size if p.top_k is None
-                                 else p.top_k, top_p=p.top_p, temperature=p.temperature,
+            return sample_logits(logits, top_k=top_k, top_p=p.top_p, temperature=p.temperature,
                                  seeds=self._seeds, step=self._count, greedy=p.greedy,
                                  num_threads=self._generator.num_threads)
         except ValueError as e:  # e.g. a temperature so small that logit / T overflows
@@ -181,9 +193,10 @@ class Generator:
         bundle_dir: a directory written by `vqrt build`.
         backend: "auto" (the first of the bundle's backends that this runtime runs, in the
             manifest's order of preference), "native" (the C++ decoder on the CPU),
-            "onnxruntime" (the transformer graphs) or "cuda" (the C++ decoder on an NVIDIA GPU
-            over the same native weights: csrc/gpu_transformer.h; never chosen by "auto" until
-            it has been measured on a GPU, see BENCHMARKS.md).
+            "onnxruntime" (the transformer graphs), "cuda" (the C++ decoder on an NVIDIA GPU
+            over the same native weights: csrc/gpu_transformer.h) or "tensorrt" (the bundle's
+            TensorRT engines: runtime/tensorrt_backend.py); "auto" chooses neither cuda nor
+            tensorrt until they have been measured on a GPU (see BENCHMARKS.md).
         device: where the ONNX Runtime graphs run: "auto" (the CUDA provider where this
             onnxruntime has one, else the CPU), "cpu" or "cuda" (an error if the CUDA provider
             is missing or does not take a graph). The native backend runs on the CPU.
@@ -220,7 +233,8 @@ class Generator:
         self._first_stage = FirstStage(self.bundle, providers, device, num_threads,
                                        decoder_engine)
         self.codebook_size = m.first_stage.codebook_size
-        self._transformer: Optional[Union[NativeBackend, CudaBackend, OrtBackend]] = None
+        self._transformer: Optional[Union[NativeBackend, CudaBackend, OrtBackend,
+                                         TensorRTBackend]] = None
         self._states: Optional[StatePool] = None  # idle decoding states of the transformer
         self._conditioner: Optional[Conditioner] = None
         self.backend = "onnxruntime"  # a first stage alone: only its graphs
@@ -230,6 +244,8 @@ class Generator:
                 self._transformer = NativeBackend(self.bundle, num_threads)
             elif self.backend == "cuda":
                 self._transformer = CudaBackend(self.bundle, num_threads)
+            elif self.backend == "tensorrt":
+                self._transformer = TensorRTBackend(self.bundle)
             else:
                 self._transformer = OrtBackend(self.bundle, providers, device, num_threads)
             self._states = StatePool(self._transformer.new_state)

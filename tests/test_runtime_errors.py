@@ -72,8 +72,8 @@ def test_params_are_frozen_and_normalised():
 
 def test_backend_and_device_choices(golden_bundle, tmp_path):
     with pytest.raises(RequestError,
-                       match="backend must be one of auto, native, onnxruntime, cuda"):
-        Generator(golden_bundle, backend="tensorrt")
+                       match="backend must be one of auto, native, onnxruntime, cuda, tensorrt"):
+        Generator(golden_bundle, backend="trt")
     with pytest.raises(RequestError, match="device must be one of auto, cpu, cuda"):
         Generator(golden_bundle, device="gpu")
     with pytest.raises(BundleError, match="no such directory"):

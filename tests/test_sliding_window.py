@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from test_export_conditioning import build_random_case
+from test_runtime_cuda import keep_logits_on_the_device
 from torch_threads import one_torch_thread
 from vqrt import _native
 from vqrt.cli import main
@@ -140,6 +141,18 @@ def test_sampled_tokens_equal_across_backends(generators, stride):
                    for name in BACKENDS)
     np.testing.assert_array_equal(native, ort)
     assert len(np.unique(native)) > 32  # really sampled
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_states_that_keep_their_logits_slide_the_same(large_bundle, stride):
+    """The Generator's loop for GPU states (prefill and step keep the logits, draw() samples
+    them) through sliding windows, over the CPU decoder (test_runtime_cuda.KeepsLogits)."""
+    params = GenerationParams(top_k=50, temperature=0.9, seed=11, size=size_of((10, 12)),
+                              window_stride=stride)
+    host = Generator(large_bundle, backend="native").generate(class_labels=[1, 6], params=params)
+    drawing = keep_logits_on_the_device(Generator(large_bundle, backend="native"))
+    result = drawing.generate(class_labels=[1, 6], params=params)
+    np.testing.assert_array_equal(result.tokens, host.tokens)
 
 
 def test_stride_must_fit_the_window(generators):

@@ -484,10 +484,11 @@ def _add_runtime_parsers(commands) -> None:
     generate.add_argument("--greedy", action="store_true", help="always the likeliest code")
     generate.add_argument("--save-tokens", metavar="T.npy",
                           help="also write the tokens, int64 [B, h, w]")
-    generate.add_argument("--backend", choices=("auto", "native", "onnxruntime", "cuda"),
+    generate.add_argument("--backend", choices=("auto", "native", "onnxruntime", "cuda",
+                                                "tensorrt"),
                           default="auto", help="transformer backend (default auto: the "
                                                "bundle's first; cuda: the native decoder on "
-                                               "an NVIDIA GPU)")
+                                               "an NVIDIA GPU; tensorrt: the bundle's engines)")
     generate.add_argument("--device", **devices)
     _decoder_arguments(generate)
     generate.set_defaults(run=run_generate)

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -177,25 +178,42 @@ int main(int argc, char** argv) {
     GpuTransformer eager(weights, options);
     const double bandwidth = copy_bandwidth();
     const double bound = matrix_bytes / bandwidth;  // seconds per step at the roofline
-    std::printf("{\"gpu\": \"%s\", \"model\": \"M: %lld layers x %lld wide, %lld heads, vocab "
-                "%lld, fp16\", \"weight_bytes\": %lld, \"copy_bandwidth_gb_s\": %.1f, "
-                "\"bound_ms_per_step\": %.4f, \"tokens_per_row\": %lld, \"batches\": [",
-                prop.name, (long long)kLayers, (long long)kWidth, (long long)kHeads,
-                (long long)kVocab, (long long)matrix_bytes, bandwidth / 1e9,
-                bound * 1e3, (long long)kTokens);
+    // Printed once at the end, so that an exception half-way leaves one valid JSON object.
+    char head[512];
+    std::snprintf(head, sizeof head,
+                  "{\"gpu\": \"%s\", \"model\": \"M: %lld layers x %lld wide, %lld heads, "
+                  "vocab %lld, fp16\", \"weight_bytes\": %lld, \"copy_bandwidth_gb_s\": %.1f, "
+                  "\"bound_ms_per_step\": %.4f, \"tokens_per_row\": %lld, \"batches\": [",
+                  prop.name, (long long)kLayers, (long long)kWidth, (long long)kHeads,
+                  (long long)kVocab, (long long)matrix_bytes, bandwidth / 1e9, bound * 1e3,
+                  (long long)kTokens);
+    std::string json = head;
     for (size_t i = 0; i < batches.size(); ++i) {
       const int64_t b = batches[i];
       const double whole = generate_seconds(graph, b, kTokens, repeat);
       const double step = (whole - generate_seconds(graph, b, 2, repeat)) / (kTokens - 2);
-      std::printf("%s{\"batch\": %lld, \"ms_per_step\": %.4f, \"x_bound\": %.2f, "
-                  "\"tokens_per_s\": %.1f}",
-                  i ? ", " : "", (long long)b, step * 1e3, step / bound, b * kTokens / whole);
+      char row[256];
+      std::snprintf(row, sizeof row,
+                    "%s{\"batch\": %lld, \"ms_per_step\": %.4f, \"x_bound\": %.2f, "
+                    "\"tokens_per_s\": %.1f}",
+                    i ? ", " : "", (long long)b, step * 1e3, step / bound, b * kTokens / whole);
+      json += row;
+      std::fprintf(stderr, "batch %lld done\n", (long long)b);  // progress, if it is killed
     }
     const double eager_whole = generate_seconds(eager, 1, kTokens, repeat);
     const double eager_step = (eager_whole - generate_seconds(eager, 1, 2, repeat)) / (kTokens - 2);
-    std::printf("], \"eager_batch1_ms_per_step\": %.4f}\n", eager_step * 1e3);
+    char tail[128];
+    std::snprintf(tail, sizeof tail, "], \"eager_batch1_ms_per_step\": %.4f}", eager_step * 1e3);
+    std::printf("%s%s\n", json.c_str(), tail);
   } catch (const std::exception& e) {
-    std::printf("{\"error\": \"%s\"}\n", e.what());
+    std::string what = e.what();  // JSON-escaped: CUDA and vqrt messages may hold quotes
+    std::ostringstream esc;
+    for (char ch : what) {
+      if (ch == '"' || ch == '\\') esc << '\\' << ch;
+      else if (static_cast<unsigned char>(ch) < 0x20) esc << ' ';
+      else esc << ch;
+    }
+    std::printf("{\"error\": \"%s\"}\n", esc.str().c_str());
     return 1;
   }
   return 0;

@@ -7,7 +7,7 @@ becomes ValueError. Argument checking beyond shapes lives in C++, so Python and 
 same messages. One section per op; add new ops the same way.
 """
 from cython.operator cimport dereference as deref
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libcpp cimport bool as cbool
 from libcpp.map cimport map
 from libcpp.optional cimport optional
@@ -301,19 +301,45 @@ cdef class GpuTransformer:
     def __dealloc__(self):
         del self._model
 
-    def prefill(self, const int64_t[:, ::1] tokens, float[:, ::1] logits):
-        """tokens int64 [B, T] at positions 0..T-1 -> logits float32 [B, sample_vocab]."""
+    def prefill(self, const int64_t[:, ::1] tokens, float[:, ::1] logits=None):
+        """tokens int64 [B, T] at positions 0..T-1 -> logits float32 [B, sample_vocab], or
+        None: they stay on the device for sample()."""
         cdef int64_t batch = tokens.shape[0], length = tokens.shape[1]
-        _check_call(batch, length, logits, self._sample_vocab)
+        cdef float* out = NULL
+        if logits is not None:
+            _check_call(batch, length, logits, self._sample_vocab)
+            out = &logits[0, 0]
+        elif batch == 0 or length == 0:
+            raise ValueError(f"tokens must be non-empty [B, T], got ({batch}, {length})")
         with nogil:
-            self._model.prefill(&tokens[0, 0], batch, length, &logits[0, 0])
+            self._model.prefill(&tokens[0, 0], batch, length, out)
 
-    def step(self, const int64_t[::1] tokens, int64_t pos, float[:, ::1] logits):
-        """tokens int64 [B] at position pos -> logits float32 [B, sample_vocab]."""
+    def step(self, const int64_t[::1] tokens, int64_t pos, float[:, ::1] logits=None):
+        """tokens int64 [B] at position pos -> logits float32 [B, sample_vocab], or None: they
+        stay on the device for sample()."""
         cdef int64_t batch = tokens.shape[0]
-        _check_call(batch, -1, logits, self._sample_vocab)
+        cdef float* out = NULL
+        if logits is not None:
+            _check_call(batch, -1, logits, self._sample_vocab)
+            out = &logits[0, 0]
+        elif batch == 0:
+            raise ValueError("tokens must be non-empty [B]")
         with nogil:
-            self._model.step(&tokens[0], batch, pos, &logits[0, 0])
+            self._model.step(&tokens[0], batch, pos, out)
+
+    def sample(self, const uint64_t[::1] seeds, uint64_t step, int64_t top_k, float top_p,
+               float temperature, bint greedy, int64_t[::1] out):
+        """seeds uint64 [B] -> out int64 [B]: one token per row from the last prefill's or
+        step's logits, drawn on the GPU (Philox counter `step`)."""
+        if seeds.shape[0] == 0 or seeds.shape[0] != out.shape[0]:
+            raise ValueError(f"seeds and out must be [B] alike and non-empty, got "
+                             f"{seeds.shape[0]} and {out.shape[0]}")
+        if seeds.shape[0] != self._model.batch():
+            raise ValueError(f"seeds must be [{self._model.batch()}] (the prefill's batch), got "
+                             f"{seeds.shape[0]}")
+        cdef core.SamplingParams p = _sampling_params(top_k, top_p, temperature, greedy, 0)
+        with nogil:
+            self._model.sample(&seeds[0], step, p, &out[0])
 
     def generate(self, const int64_t[:, ::1] prefix, const uint64_t[::1] seeds, int64_t top_k,
                  float top_p, float temperature, bint greedy, int64_t[:, ::1] out):
@@ -340,6 +366,87 @@ cdef class GpuTransformer:
     @property
     def max_len(self):
         return self._model.options().max_len
+
+
+# ---------------------------------------------------------------------------------------------
+# A CUDA stream and its device memory (csrc/device_stream.h), for engines we did not compile
+
+cdef class DeviceStream:
+    """A CUDA stream on the current device and the device memory it owns; addresses are ints
+    (what TensorRT's set_tensor_address takes), checked against this stream's allocations.
+    Host buffers are C-contiguous uint8 views. Use vqrt.runtime.tensorrt_backend."""
+    cdef core.DeviceStream* _stream
+
+    def __cinit__(self):
+        self._stream = new core.DeviceStream()
+
+    def __dealloc__(self):
+        del self._stream
+
+    @property
+    def handle(self):
+        """The cudaStream_t as an int."""
+        return self._stream.handle()
+
+    def allocate(self, size_t nbytes):
+        """nbytes of zeroed device memory, freed with the stream -> its address."""
+        return self._stream.allocate(nbytes)
+
+    def upload(self, uintptr_t device, const unsigned char[::1] host):
+        """Enqueues a copy of host to device."""
+        cdef size_t n = host.shape[0]
+        cdef const void* src = &host[0] if n else NULL
+        with nogil:
+            self._stream.upload(device, src, n)
+
+    def download(self, unsigned char[::1] host, uintptr_t device):
+        """Copies device to host once everything enqueued before has run."""
+        cdef size_t n = host.shape[0]
+        cdef void* dst = &host[0] if n else NULL
+        with nogil:
+            self._stream.download(dst, device, n)
+
+    def fill_zero(self, uintptr_t device, size_t nbytes):
+        self._stream.fill_zero(device, nbytes)
+
+    def copy_rows(self, uintptr_t dst, size_t dst_pitch, uintptr_t src,
+                  size_t src_pitch, size_t width, size_t rows):
+        """rows x width bytes, device to device, each row at its pitch (bytes)."""
+        self._stream.copy_rows(dst, dst_pitch, src, src_pitch, width, rows)
+
+    def add_int64(self, uintptr_t value, int64_t delta):
+        """Enqueues *value += delta for one int64 on the device."""
+        self._stream.add_int64(value, delta)
+
+    def synchronize(self):
+        with nogil:
+            self._stream.synchronize()
+
+    def begin_capture(self):
+        self._stream.begin_capture()
+
+    def end_capture(self):
+        """-> the index of the graph captured since begin_capture()."""
+        return self._stream.end_capture()
+
+    def replay(self, int64_t graph):
+        self._stream.replay(graph)
+
+    def sample(self, uintptr_t logits, int64_t batch, int64_t vocab, uintptr_t seeds,
+               uint64_t step, int64_t top_k, float top_p, float temperature, bint greedy,
+               uintptr_t tokens, uintptr_t status):
+        """Enqueues the GPU sampler: logits [batch, vocab] float32, seeds [batch] uint64 ->
+        tokens [batch] int64, status [batch] int32 (all device addresses)."""
+        cdef core.SamplingParams p = _sampling_params(top_k, top_p, temperature, greedy, 0)
+        self._stream.sample(logits, batch, vocab, seeds, step, p, tokens, status)
+
+    def check_sampled(self, uintptr_t status, int64_t batch, int64_t top_k, float top_p,
+                      float temperature, bint greedy):
+        """Waits; ValueError with the CPU sampler's message for the lowest bad row of status
+        (device, int32 [batch], as sample() wrote it)."""
+        cdef core.SamplingParams p = _sampling_params(top_k, top_p, temperature, greedy, 0)
+        with nogil:
+            self._stream.check_sampled(status, batch, p)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 # Declarations of the C++ core (csrc/) for csrc/bindings/_native.pyx, one block per header.
 # Functions that throw vqrt::Error (a std::invalid_argument) are declared `except +`, which turns
 # it into ValueError.
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libcpp cimport bool
 from libcpp.map cimport map
 from libcpp.optional cimport optional
@@ -117,6 +117,30 @@ cdef extern from "<memory>" namespace "std" nogil:
         bint operator bool()
 
 
+cdef extern from "device_stream.h" namespace "vqrt" nogil:
+    cdef cppclass DeviceStream:
+        DeviceStream() except +
+        uintptr_t handle()
+        uintptr_t allocate(size_t bytes) except +
+        void upload(uintptr_t device, const void* host, size_t bytes) except +
+        void download(void* host, uintptr_t device, size_t bytes) except +
+        void fill_zero(uintptr_t device, size_t bytes) except +
+        void copy_rows(uintptr_t dst, size_t dst_pitch, uintptr_t src, size_t src_pitch,
+                       size_t width, size_t rows) except +
+        void add_int64(uintptr_t value, int64_t delta) except +
+        void synchronize() except +
+        void begin_capture() except +
+        int64_t end_capture() except +
+        void replay(int64_t graph) except +
+        # logits [batch, vocab] float32, seeds [batch] uint64 -> tokens [batch] int64,
+        # status [batch] int32, all device addresses
+        void sample(uintptr_t logits, int64_t batch, int64_t vocab, uintptr_t seeds,
+                    uint64_t step, const SamplingParams& params, uintptr_t tokens,
+                    uintptr_t status) except +
+        void check_sampled(uintptr_t status, int64_t batch,
+                           const SamplingParams& params) except +
+
+
 cdef extern from "gpu_transformer.h" namespace "vqrt" nogil:
     cdef cppclass GpuModelConfig:
         int64_t n_layer
@@ -147,9 +171,13 @@ cdef extern from "gpu_transformer.h" namespace "vqrt" nogil:
         void prefill(const int64_t* tokens, int64_t batch, int64_t length, float* logits) except +
         # tokens [batch] at position pos -> logits [batch, sample_vocab]
         void step(const int64_t* tokens, int64_t batch, int64_t pos, float* logits) except +
+        # seeds [batch] -> tokens [batch] from the last prefill's or step's logits
+        void sample(const uint64_t* seeds, uint64_t step, const SamplingParams& params,
+                    int64_t* tokens) except +
         # prefix [batch, prefix_length], seeds [batch] -> tokens [batch, steps]
         void generate(const int64_t* prefix, int64_t batch, int64_t prefix_length, int64_t steps,
                       const uint64_t* seeds, const SamplingParams& params,
                       int64_t* tokens) except +
         int64_t length()
+        int64_t batch()
         const GpuDecoderOptions& options()

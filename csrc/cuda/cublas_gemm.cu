@@ -46,7 +46,8 @@ const Api& api() {
     }
     if (lib == nullptr) {
       a.error = "libcublas.so (CUDA 12 or 13) could not be loaded: install cuBLAS (the CUDA "
-                "toolkit, or pip install nvidia-cublas-cu12) and put it on LD_LIBRARY_PATH";
+                "toolkit; or pip install nvidia-cublas, whose CUDA 13 library lies in "
+                "site-packages/nvidia/cu13/lib) and put it on LD_LIBRARY_PATH";
       return;
     }
     auto find = [&](auto& fn, const char* symbol) {

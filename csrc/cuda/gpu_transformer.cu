@@ -163,8 +163,9 @@ std::string gpu_unavailable_reason() {
     return "no CUDA device is usable here (no GPU, or no NVIDIA driver)";
   }
   if (!cuda::cublas_available()) {
-    return "libcublas (CUDA 12 or 13) cannot be loaded: install cuBLAS (the CUDA toolkit, or "
-           "pip install nvidia-cublas-cu12) and put its lib folder on LD_LIBRARY_PATH";
+    return "libcublas (CUDA 12 or 13) cannot be loaded: install cuBLAS (the CUDA toolkit; or "
+           "pip install nvidia-cublas, whose CUDA 13 library lies in "
+           "site-packages/nvidia/cu13/lib) and put its lib folder on LD_LIBRARY_PATH";
   }
   return "";
 }
@@ -195,6 +196,9 @@ struct GpuTransformer::State {
   // was out of range (the cache is then forgotten).
   bool take_device_error();
   void copy_logits(int64_t batch, float* host);
+  // The sampler over `logits` [batch, sample_vocab] with seeds from `seeds`, writing `tokens`
+  // (where the next step's embedding reads its input); arguments checked, step 0.
+  cuda::SamplingKernelParams sampling(int64_t batch, const SamplingParams& params) const;
   void check_tokens(const int64_t* host, int64_t count) const;
 
   std::shared_ptr<const GpuWeights> weights;
@@ -456,6 +460,22 @@ void GpuTransformer::State::copy_logits(int64_t rows, float* host) {
   VQRT_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+cuda::SamplingKernelParams GpuTransformer::State::sampling(int64_t rows,
+                                                           const SamplingParams& params) const {
+  cuda::SamplingKernelParams p;
+  p.logits = logits;
+  p.seeds = seeds;
+  p.tokens = tokens;
+  p.status = sample_status;
+  p.workspace = sampling_workspace;
+  p.workspace_bytes = sampling_workspace_bytes;
+  p.batch = rows;
+  p.vocab = model.sample_vocab;
+  p.params = params;
+  p.check();
+  return p;
+}
+
 void GpuTransformer::State::check_tokens(const int64_t* host, int64_t count) const {
   VQRT_CHECK(host != nullptr, "tokens is null");
   for (int64_t i = 0; i < count; ++i) {
@@ -476,6 +496,7 @@ GpuTransformer::~GpuTransformer() = default;
 const GpuModelConfig& GpuTransformer::model() const { return state_->model; }
 const GpuDecoderOptions& GpuTransformer::options() const { return state_->options; }
 int64_t GpuTransformer::length() const { return state_->length; }
+int64_t GpuTransformer::batch() const { return state_->batch; }
 
 void GpuTransformer::prefill(const int64_t* tokens, int64_t batch, int64_t length,
                              float* logits) {
@@ -519,6 +540,28 @@ void GpuTransformer::step(const int64_t* tokens, int64_t batch, int64_t pos, flo
   s.copy_logits(batch, logits);
 }
 
+void GpuTransformer::sample(const uint64_t* seeds, uint64_t step, const SamplingParams& params,
+                            int64_t* tokens) {
+  State& s = *state_;
+  VQRT_CHECK(s.batch > 0, "sample before prefill: run prefill first");
+  VQRT_CHECK(seeds != nullptr && tokens != nullptr, "seeds or tokens is null");
+  cuda::SamplingKernelParams p = s.sampling(s.batch, params);
+  p.step = step;
+  const size_t rows = static_cast<size_t>(s.batch);
+  VQRT_CUDA_CHECK(cudaMemcpyAsync(s.seeds, seeds, rows * sizeof(uint64_t),
+                                  cudaMemcpyHostToDevice, s.stream));
+  cuda::sampling_launch(p, s.stream);
+  std::vector<int64_t> drawn(rows);
+  std::vector<int32_t> status(rows);
+  VQRT_CUDA_CHECK(cudaMemcpyAsync(drawn.data(), s.tokens, rows * sizeof(int64_t),
+                                  cudaMemcpyDeviceToHost, s.stream));
+  VQRT_CUDA_CHECK(cudaMemcpyAsync(status.data(), s.sample_status, rows * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, s.stream));
+  VQRT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  cuda::check_sampling_status(status.data(), s.batch, params);
+  std::memcpy(tokens, drawn.data(), rows * sizeof(int64_t));
+}
+
 void GpuTransformer::generate(const int64_t* prefix, int64_t batch, int64_t prefix_length,
                               int64_t steps, const uint64_t* seeds, const SamplingParams& params,
                               int64_t* tokens) {
@@ -530,17 +573,7 @@ void GpuTransformer::generate(const int64_t* prefix, int64_t batch, int64_t pref
              prefix_length << " prefix tokens + " << steps << " steps - 1 exceed the max length "
                            << s.options.max_len);
   VQRT_CHECK(seeds != nullptr && tokens != nullptr, "seeds or tokens is null");
-  cuda::SamplingKernelParams sample;
-  sample.logits = s.logits;
-  sample.seeds = s.seeds;
-  sample.tokens = s.tokens;  // where the next step's embedding reads its input
-  sample.status = s.sample_status;
-  sample.workspace = s.sampling_workspace;
-  sample.workspace_bytes = s.sampling_workspace_bytes;
-  sample.batch = batch;
-  sample.vocab = s.model.sample_vocab;
-  sample.params = params;
-  sample.check();
+  cuda::SamplingKernelParams sample = s.sampling(batch, params);
   prefill(prefix, batch, prefix_length, nullptr);  // checks batch and the prefix
   VQRT_CUDA_CHECK(cudaMemcpyAsync(s.seeds, seeds, batch * sizeof(uint64_t),
                                   cudaMemcpyHostToDevice, s.stream));

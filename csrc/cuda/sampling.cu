@@ -508,6 +508,41 @@ void sampling_launch(const SamplingKernelParams& p, cudaStream_t stream) {
   VQRT_CUDA_CHECK(cudaGetLastError());
 }
 
+void check_sampling_status(const int32_t* status, int64_t batch, const SamplingParams& params,
+                           const float* host_logits, int64_t vocab) {
+  for (int64_t row = 0; row < batch; ++row) {  // the lowest bad row, in the CPU's words
+    switch (status[row]) {
+      case kSampleOk:
+        continue;
+      case kSampleNaN:
+        VQRT_CHECK(false, "logits row " << row << " contains NaN");
+        break;
+      case kSamplePosInf:
+        VQRT_CHECK(false, "logits row " << row
+                                        << " contains +inf (mask a token with -inf; +inf is rejected)");
+        break;
+      case kSampleAllNegInf:
+        VQRT_CHECK(false, "logits row " << row << " is all -inf: no token can be sampled");
+        break;
+      case kSampleTemperatureOverflow: {
+        if (host_logits == nullptr) {
+          VQRT_CHECK(false, "logits row " << row << ": max logit / temperature "
+                                          << params.temperature << " overflows float32");
+        }
+        const float* x = host_logits + row * vocab;
+        float x_max = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < vocab; ++i) x_max = x[i] > x_max ? x[i] : x_max;
+        VQRT_CHECK(false, "logits row " << row << ": max logit " << x_max << " / temperature "
+                                        << params.temperature << " overflows float32");
+        break;
+      }
+      default:
+        VQRT_CHECK(false, "sampling kernel: internal error (status " << status[row] << ") in row "
+                                                                     << row);
+    }
+  }
+}
+
 void sample_logits_cuda(const float* logits, int64_t batch, int64_t vocab, const uint64_t* seeds,
                         uint64_t step, const SamplingParams& params, int64_t* out,
                         int32_t* kept) {
@@ -545,33 +580,7 @@ void sample_logits_cuda(const float* logits, int64_t batch, int64_t vocab, const
   d_status.download(status.data(), d_status.bytes());
   d_kept.download(kept_rows.data(), d_kept.bytes());
 
-  for (int64_t row = 0; row < batch; ++row) {  // the lowest bad row, in the CPU's words
-    switch (status[row]) {
-      case kSampleOk:
-        continue;
-      case kSampleNaN:
-        VQRT_CHECK(false, "logits row " << row << " contains NaN");
-        break;
-      case kSamplePosInf:
-        VQRT_CHECK(false, "logits row " << row
-                                        << " contains +inf (mask a token with -inf; +inf is rejected)");
-        break;
-      case kSampleAllNegInf:
-        VQRT_CHECK(false, "logits row " << row << " is all -inf: no token can be sampled");
-        break;
-      case kSampleTemperatureOverflow: {
-        const float* x = logits + row * vocab;
-        float x_max = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < vocab; ++i) x_max = x[i] > x_max ? x[i] : x_max;
-        VQRT_CHECK(false, "logits row " << row << ": max logit " << x_max << " / temperature "
-                                        << params.temperature << " overflows float32");
-        break;
-      }
-      default:
-        VQRT_CHECK(false, "sampling kernel: internal error (status " << status[row] << ") in row "
-                                                                     << row);
-    }
-  }
+  check_sampling_status(status.data(), batch, params, logits, vocab);
   std::memcpy(out, tokens.data(), n * sizeof(int64_t));
   if (kept != nullptr) std::memcpy(kept, kept_rows.data(), n * sizeof(int32_t));
 }

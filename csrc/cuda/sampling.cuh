@@ -52,6 +52,13 @@ struct SamplingKernelParams {
 // Enqueues the sampling kernel on `stream` (no allocation, no synchronisation).
 void sampling_launch(const SamplingKernelParams& p, cudaStream_t stream);
 
+// Throws vqrt::Error with the CPU sampler's message for the lowest row whose status (host
+// [batch], as sampling_launch wrote it) is not kSampleOk; returns when every row drew a token.
+// host_logits [batch, vocab] or null: where given, a temperature overflow names the row's
+// largest logit, as the CPU's message does.
+void check_sampling_status(const int32_t* status, int64_t batch, const SamplingParams& params,
+                           const float* host_logits = nullptr, int64_t vocab = 0);
+
 // Host-to-host, with vqrt::sample_logits' contract: copies in, samples, copies out, and throws
 // vqrt::Error with the CPU's message for the lowest bad row (out untouched then).
 //   logits: [batch, vocab]  seeds: [batch]  out: [batch]  kept: [batch] or null

@@ -106,6 +106,7 @@ void run_case(std::mt19937_64& rng, const Shape& s, int splits) {
   auto d_pos = cuda_test::upload(positions);
   auto d_error = cuda_test::upload(std::vector<int32_t>{0});
   vqrt::cuda::DeviceBuffer d_out(s.batch * out_stride * sizeof(__half));
+  VQRT_CUDA_CHECK(cudaMemset(d_out.as<void>(), 0xff, d_out.bytes()));  // NaN: must stay in the pad
   vqrt::cuda::DeviceBuffer d_ws(
       vqrt::cuda::decode_attention_workspace_bytes(s.batch, s.heads, s.D, splits));
   vqrt::cuda::DecodeAttentionParams p =
@@ -116,9 +117,12 @@ void run_case(std::mt19937_64& rng, const Shape& s, int splits) {
   const auto out = cuda_test::to_float(
       cuda_test::download<__half>(d_out, static_cast<size_t>(s.batch * out_stride)));
   std::vector<float> got(s.batch * C);
+  int64_t pad_written = 0;
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t i = 0; i < C; ++i) got[b * C + i] = out[b * out_stride + i];
+    for (int64_t i = C; i < out_stride; ++i) pad_written += !std::isnan(out[b * out_stride + i]);
   }
+  CHECK_EQ(pad_written, int64_t(0));
   cuda_test::expect_near(got, ref, kAtol, kRtol,
                          "decode_attention B " + std::to_string(s.batch) + " H " +
                              std::to_string(s.heads) + " D " + std::to_string(s.D) + " T_max " +
@@ -136,6 +140,8 @@ TEST(decode_attention_matches_cpu) {
       {2, 4, 200, 129},  // two output dimensions per thread
       {1, 1, 32, 2049},  // many tiles
       {64, 16, 64, 64},  // batch x heads above any SM count
+      {2, 4, 12, 65},    // the golden model's head size (48 / 4) and block size
+      {3, 4, 48, 65},    // the demo models' head size (192 / 4)
   };
   for (const Shape& s : shapes) {
     for (int splits : {1, 3, 0}) run_case(rng, s, splits);
@@ -192,6 +198,58 @@ TEST(append_then_attend_matches_cpu) {
   vqrt::cuda::decode_attention_launch(p, nullptr);
   const auto got = cuda_test::to_float(cuda_test::download<__half>(d_out, s.batch * C));
   cuda_test::expect_near(got, ref, kAtol, kRtol, "append then attend");
+}
+
+// A prefill's attention (queries_per_row = L): query i = row * L + t at position t reads cache
+// row i / L, keys 0..t, against the CPU oracle on the same rows.
+TEST(prefill_queries_attend_causally_to_their_row) {
+  std::mt19937_64 rng(9);
+  const int64_t rows = 3, L = 5, heads = 2, D = 48, max_len = 9, queries = rows * L;
+  const int64_t C = heads * D;
+  const size_t cache_n = static_cast<size_t>(rows * heads * max_len * D);
+  const std::vector<float> qkv = cuda_test::random_half_values(rng, queries * 3 * C, 0.0f, 1.0f);
+  const std::vector<float> k = cuda_test::random_half_values(rng, cache_n, 0.0f, 1.0f);
+  const std::vector<float> v = cuda_test::random_half_values(rng, cache_n, 0.0f, 1.0f);
+  std::vector<int64_t> positions(queries);
+  for (int64_t i = 0; i < queries; ++i) positions[i] = i % L;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<float> ref(queries * C), scores(max_len);
+  const vqrt::AttentionKernel kernel = vqrt::attention_kernel(vqrt::CpuIsa::generic);
+  for (int64_t i = 0; i < queries; ++i) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t head = ((i / L) * heads + h) * max_len * D;
+      vqrt::AttentionArgs a;
+      a.q = qkv.data() + i * 3 * C + h * D;
+      a.k = k.data() + head;
+      a.v = v.data() + head;
+      a.n_keys = positions[i] + 1;
+      a.d = D;
+      a.scale = scale;
+      a.scores = scores.data();
+      a.out = ref.data() + i * C + h * D;
+      kernel(a);
+    }
+  }
+  auto d_qkv = cuda_test::upload(cuda_test::to_half(qkv));
+  auto d_k = cuda_test::upload(cuda_test::to_half(k));
+  auto d_v = cuda_test::upload(cuda_test::to_half(v));
+  auto d_pos = cuda_test::upload(positions);
+  const Shape s{queries, heads, D, max_len};  // batch = the queries
+  for (int splits : {1, 3}) {
+    auto d_error = cuda_test::upload(std::vector<int32_t>{0});
+    vqrt::cuda::DeviceBuffer d_out(queries * C * sizeof(__half));
+    vqrt::cuda::DeviceBuffer d_ws(
+        vqrt::cuda::decode_attention_workspace_bytes(queries, heads, D, splits));
+    vqrt::cuda::DecodeAttentionParams p =
+        attention_params(s, heads, d_qkv, d_k, d_v, d_pos, d_out, C, d_ws, splits);
+    p.queries_per_row = L;
+    p.scale = scale;
+    p.error = d_error.as<int32_t>();
+    vqrt::cuda::decode_attention_launch(p, nullptr);
+    const auto got = cuda_test::to_float(cuda_test::download<__half>(d_out, queries * C));
+    cuda_test::expect_near(got, ref, kAtol, kRtol, "prefill splits " + std::to_string(splits));
+    CHECK_EQ(cuda_test::download<int32_t>(d_error, 1)[0], 0);
+  }
 }
 
 TEST(decode_attention_flags_bad_positions) {

@@ -3,7 +3,8 @@
 // tolerances for fp32, bf16 and int8 weights; greedy picks equal wherever the CPU's top two
 // logits are further apart than that tolerance; generate() equal to a step-by-step loop that
 // samples on the host with the CPU sampler from the GPU's logits (seeds, Philox counters and the
-// fed-back tokens wired as the CPU generator does); CUDA graph replay equal to eager launches;
+// fed-back tokens wired as the CPU generator does); sample() on the device equal to the CPU
+// sampler on the same logits; CUDA graph replay equal to eager launches;
 // argument errors. Exits 77 (ctest: skipped) without a usable GPU or without libcublas.
 #include <algorithm>
 #include <cstdint>
@@ -153,6 +154,32 @@ TEST(generate_equals_steps_with_the_cpu_sampler) {
   }
 }
 
+// The runtime's loop: sample() on the device from the logits prefill and step left there,
+// against the CPU sampler on the same logits fetched to the host.
+TEST(sample_draws_what_the_cpu_sampler_draws) {
+  const TransformerConfig c = cpu_config();
+  RandomWeights w(c, DType::f32, 21);
+  GpuTransformer gpu(upload(c, w.views), options(c));
+  const std::vector<int64_t> prefix = random_tokens(kBatch * kPrefix, c.vocab_size, 4);
+  const std::vector<uint64_t> seeds = {11, 12, 13};
+  SamplingParams params;
+  params.top_k = 40;
+  params.temperature = 1.3f;
+  std::vector<float> logits(kBatch * c.vocab_size);
+  std::vector<int64_t> drawn(kBatch), cpu(kBatch);
+  gpu.prefill(prefix.data(), kBatch, kPrefix, logits.data());
+  for (int64_t k = 0; k < kSteps; ++k) {
+    gpu.sample(seeds.data(), static_cast<uint64_t>(k), params, drawn.data());
+    vqrt::sample_logits(logits.data(), kBatch, c.vocab_size, seeds.data(),
+                        static_cast<uint64_t>(k), params, cpu.data());
+    CHECK(drawn == cpu);
+    gpu.step(drawn.data(), kBatch, kPrefix + k, logits.data());
+  }
+  gpu.step(drawn.data(), kBatch, kPrefix + kSteps, nullptr);  // logits left on the device
+  gpu.sample(seeds.data(), 99, params, drawn.data());
+  for (int64_t token : drawn) CHECK(token >= 0 && token < c.vocab_size);
+}
+
 TEST(graph_replay_equals_eager_launches) {
   const TransformerConfig c = cpu_config();
   RandomWeights w(c, DType::bf16, 17);
@@ -182,6 +209,12 @@ TEST(arguments_are_checked_before_any_work) {
   const std::vector<int64_t> bad = {1, 61};
   CHECK_THROWS(gpu.prefill(bad.data(), 1, 2, logits.data()), vqrt::Error,
                "token 61 at index 1 is outside the vocabulary");
+  const std::vector<uint64_t> seeds = {1};
+  std::vector<int64_t> drawn(1);
+  SamplingParams params;
+  params.top_k = 5;
+  CHECK_THROWS(gpu.sample(seeds.data(), 0, params, drawn.data()), vqrt::Error,
+               "sample before prefill");
   gpu.prefill(tokens.data(), 1, 2, logits.data());
   CHECK_THROWS(gpu.step(tokens.data(), 1, 5, logits.data()), vqrt::Error,
                "position 5 is not the cached length 2");
