@@ -7,7 +7,7 @@
 // Addresses cross the Python boundary as integers, so every call checks that the bytes it
 // touches lie inside one allocation of this stream: a wrong address is an Error, not a fault.
 // Copies and kernels are enqueued in order on the one stream; download() and synchronize()
-// wait. This header has no CUDA types, so every build has it: without CUDA
+// wait. One thread at a time (each generation owns its stream and the memory on it). This header has no CUDA types, so every build has it: without CUDA
 // (device_stream_stub.cpp) the constructor throws, saying why.
 #pragma once
 #include <cstddef>

@@ -114,7 +114,7 @@ class Generation:
             raise RequestError("this generation is cancelled" if self._cancelled
                                else "this generation is done: call result()")
         started = time.perf_counter()
-        token = self._sample(decoding.state)
+        token = self._sample(decoding)
         sampled = time.perf_counter()
         self._timings["sampling_s"] += sampled - started
         self._tokens[:, self._count] = token
@@ -129,16 +129,16 @@ class Generation:
             self._generator._states.give_back(self.batch, decoding.state)
         return token
 
-    def _sample(self, state) -> np.ndarray:
-        """The next token of every row, int64 [B]: the CPU sampler over the logits the state
+    def _sample(self, decoding: Decoding) -> np.ndarray:
+        """The next token of every row, int64 [B]: the CPU sampler over the logits the decoding
         returned (the first codebook_size of them), or, where they stayed on the GPU (the cuda
-        and tensorrt states), its draw() there; refusals as RequestError."""
+        and tensorrt states), its state's draw() there; refusals as RequestError."""
         p = self._params
         top_k = self._generator.codebook_size if p.top_k is None else p.top_k
         if self._logits is None:
             try:
-                return state.draw(self._seeds, self._count, top_k=top_k, top_p=p.top_p,
-                                  temperature=p.temperature, greedy=p.greedy)
+                return decoding.state.draw(self._seeds, self._count, top_k=top_k, top_p=p.top_p,
+                                           temperature=p.temperature, greedy=p.greedy)
             except ValueError as e:  # a NaN or +inf logit, or the temperature overflowing
                 raise RequestError(f"image token {self._count}: {e} (the "
                                    f"{self._generator.backend} backend over this bundle's "

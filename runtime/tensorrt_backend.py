@@ -17,7 +17,10 @@ sampler), is tested on any machine with a GPU.
 Per state, on its DeviceStream (B = batch, M = block size, V = vocabulary, C = codebook):
     kv          [n_layer, 2, B, n_head, M, head_dim]  bound as both kv_cache and kv_cache_out:
                 the graphs write only the new positions and never read them back
-                (export/onnx_transformer.py), as onnxruntime's IO binding shares it
+                (export/onnx_transformer.py), as onnxruntime's IO binding shares it. TensorRT
+                does not document such aliasing for ordinary layers (NVIDIA/TensorRT issue 4681
+                reports wrong results from it elsewhere); the golden greedy test is the check,
+                and two buffers used in turn (a step graph for each) the way out if it fails
     prefill     tokens int64 [B, M], logits float32 [B, M, V], position int64 = 0
     step        tokens int64 [B] (also the sampler's output), position int64, logits [B, 1, V]
     codes       float32 [B, C]: the last position's image-code logits, what the host reads
@@ -109,6 +112,11 @@ class TensorRTEngines:
             tensor = engine.get_tensor_name(i)
             mode = "in" if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT else "out"
             found[tensor] = (mode, engine.get_tensor_dtype(tensor))
+            # Every buffer is bound to device memory: a host tensor (a shape input) would be
+            # read from a device address.
+            if engine.get_tensor_location(tensor) != trt.TensorLocation.DEVICE:
+                raise BundleError(f"{path}: TensorRT wants {tensor} on the host (a shape "
+                                  f"tensor); the runtime binds device memory; {REBUILD}")
         if found != want:
             describe = lambda io: {k: (mode, getattr(dtype, "name", str(dtype)))  # noqa: E731
                                    for k, (mode, dtype) in io.items()}
@@ -297,22 +305,29 @@ class TensorRTState:
         s = self._stream
         if self._graph is not None:
             s.replay(self._graph)
-        else:
-            self._enqueue_step()
-            if self._use_graph and not self._graph_refused:
-                self._capture_step()
-        self.length += 1
+            self.length += 1
+            return
+        self._enqueue_step()
+        self.length += 1  # the step ran (position + 1 on the device), whatever the capture does
+        if self._use_graph and not self._graph_refused:
+            self._capture_step()
 
     def _capture_step(self) -> None:
         """Records the step for replay; a capture TensorRT or CUDA refuses leaves the step
         eager (the stream is usable again either way)."""
         s = self._stream
+        self._graph_refused = True  # until a graph is made: one attempt per state
+        try:
+            s.begin_capture()
+        except RuntimeError:
+            return
         graph, enqueued = None, False
-        s.begin_capture()
         try:
             self._enqueue_step()
             enqueued = True
-        except RequestError:  # TensorRT would not enqueue under capture
+        # RequestError: TensorRT would not enqueue under capture; RuntimeError: a CUDA call
+        # after it failed because the capture was invalidated (cudaErrorStreamCaptureInvalidated)
+        except (RequestError, RuntimeError):
             pass
         finally:  # the capture is closed on every path, the one raising included
             try:
@@ -321,8 +336,7 @@ class TensorRTState:
                 pass
         if enqueued and graph is not None:
             self._graph = graph
-        else:
-            self._graph_refused = True
+            self._graph_refused = False
 
     def _read_codes(self) -> Optional[np.ndarray]:
         if not self.fetch_logits:

@@ -1,10 +1,12 @@
 """The TensorRT backend (runtime/tensorrt_backend.py). Where TensorRT 10 and a GPU exist: greedy
 tokens equal upstream's on golden set A, the device loop (generate()) equals the Generator's
 (step, draw), and the captured step graph equals eager steps. Everywhere: the
-one-line refusals, "auto" never picking tensorrt, and the engine checks against the manifest
-with a stand-in tensorrt module (vqrt's glue only, never TensorRT itself)."""
+one-line refusals, "auto" never picking tensorrt, the engine checks against the manifest with a
+stand-in tensorrt module, and TensorRTState's buffers, positions, captured step, draw() and
+generate() over stand-ins for the GPU and the engines (vqrt's glue only, never TensorRT)."""
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from vqrt.cli import main
 from vqrt.export import tensorrt_engines
 from vqrt.export.build import BuildOptions, build_bundle
 from vqrt.runtime import GenerationParams, Generator, RequestError
+from vqrt.runtime import tensorrt_backend
 from vqrt.runtime.bundle import BundleError, load_bundle
+from vqrt.runtime.sampling import sample_logits
 from vqrt.runtime.tensorrt_backend import (
     TensorRTEngines, TensorRTState, tensorrt_unavailable_reason)
 
@@ -82,6 +86,9 @@ class FakeEngine:
     def get_tensor_dtype(self, name):
         return self._io[name][1]
 
+    def get_tensor_location(self, name):
+        return "device"
+
 
 class DataType:
     def __init__(self, name):
@@ -95,6 +102,7 @@ def stand_in_runtime(monkeypatch, engine):
     fake = FakeTensorRT()
     fake.TensorIOMode = type("TensorIOMode", (), {"INPUT": "in", "OUTPUT": "out"})
     fake.DataType = type("DataType", (), DTYPES)
+    fake.TensorLocation = type("TensorLocation", (), {"DEVICE": "device", "HOST": "host"})
     fake.Runtime = lambda logger: type("Runtime", (), {
         "deserialize_cuda_engine": lambda self, data: engine})()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
@@ -165,3 +173,187 @@ def test_graph_replay_equals_eager_steps(engine_bundle, golden_refs):
         runs.append(np.stack(logits))
     assert state._graph is not None  # the step was captured, and replayed from step 2 on
     np.testing.assert_array_equal(runs[1], runs[0])
+
+
+# --- TensorRTState's own bookkeeping, with stand-ins for the GPU and the engines --------------
+# Everything vqrt does around the engines (buffers, row copies, positions, the captured step,
+# draw, generate) runs here on the CPU: StandInStream answers DeviceStream's calls over host
+# memory (recording instead of running while capturing), StandInContext answers the engines'
+# contract (export/onnx_transformer.py: tokens at `position`, the in-place cache, logits of every
+# new position) with a toy model whose logits depend on every earlier token. Not TensorRT.
+
+VOCAB, CODES, BLOCK = 40, 32, 16
+
+
+def toy_logits(sequence: np.ndarray) -> np.ndarray:
+    """int64 [B, n] -> float32 [B, VOCAB] predicting position n."""
+    h = np.zeros(sequence.shape[0])
+    for i in range(sequence.shape[1]):
+        h = np.sin(h * 1.7 + sequence[:, i] * 0.31 + i * 0.05)
+    return (np.sin(np.outer(h + 2.0, np.arange(1, VOCAB + 1) * 0.37)) * 3).astype(np.float32)
+
+
+class StandInStream:
+    streams = {}  # handle -> stream, for the contexts
+
+    def __init__(self):
+        self.handle = len(StandInStream.streams) + 1
+        StandInStream.streams[self.handle] = self
+        self._blocks, self._next = {}, 1 << 20
+        self._recording = None  # the ops of the graph being captured
+        self.graphs = []
+
+    def view(self, address: int, nbytes: int) -> np.ndarray:
+        for base, block in self._blocks.items():
+            if base <= address and address + nbytes <= base + len(block):
+                return block[address - base:address - base + nbytes]
+        raise ValueError(f"{nbytes} bytes at {address:#x} are not inside an allocation")
+
+    def enqueue(self, op) -> None:
+        if self._recording is None:
+            op()
+        else:
+            self._recording.append(op)
+
+    def allocate(self, nbytes):
+        address, self._next = self._next, self._next + (nbytes + 511) // 256 * 256
+        self._blocks[address] = np.zeros(nbytes, np.uint8)
+        return address
+
+    def upload(self, address, host):
+        data, target = host.copy(), self.view(address, len(host))
+        self.enqueue(lambda: target.__setitem__(slice(None), data))
+
+    def download(self, host, address):
+        assert self._recording is None
+        host[:] = self.view(address, len(host))
+
+    def fill_zero(self, address, nbytes):
+        target = self.view(address, nbytes)
+        self.enqueue(lambda: target.fill(0))
+
+    def copy_rows(self, dst, dst_pitch, src, src_pitch, width, rows):
+        def op():
+            for r in range(rows):
+                self.view(dst + r * dst_pitch, width)[:] = self.view(src + r * src_pitch, width)
+        self.enqueue(op)
+
+    def add_int64(self, address, delta):
+        value = self.view(address, 8).view(np.int64)
+        self.enqueue(lambda: value.__iadd__(delta))
+
+    def begin_capture(self):
+        self._recording = []
+
+    def end_capture(self):
+        self.graphs.append(self._recording)
+        self._recording = None
+        return len(self.graphs) - 1
+
+    def replay(self, graph):
+        for op in self.graphs[graph]:
+            op()
+
+    def sample(self, logits, batch, vocab, seeds, step, top_k, top_p, temperature, greedy,
+               tokens, status):
+        def op():
+            x = self.view(logits, batch * vocab * 4).view(np.float32).reshape(batch, vocab)
+            drawn = sample_logits(x.copy(), top_k=top_k, top_p=top_p, temperature=temperature,
+                                  seeds=self.view(seeds, batch * 8).view(np.uint64).copy(),
+                                  step=step, greedy=greedy)
+            self.view(tokens, batch * 8).view(np.int64)[:] = drawn
+        self.enqueue(op)
+
+    def check_sampled(self, status, batch, *params):
+        pass
+
+
+class StandInContext:
+    """The transformer graphs' contract; the "KV cache" holds each position's token id."""
+
+    def __init__(self, refuse_capture: bool):
+        self.address, self.shape, self._refuse_capture = {}, {}, refuse_capture
+
+    def set_tensor_address(self, name, address):
+        self.address[name] = address
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shape[name] = tuple(shape)
+        return True
+
+    def execute_async_v3(self, handle):
+        stream = StandInStream.streams[handle]
+        if self._refuse_capture and stream._recording is not None:
+            return False
+        batch, count = self.shape["tokens"]
+        a = self.address
+        assert a["kv_cache"] == a["kv_cache_out"]  # bound in place
+
+        def op():
+            tokens = stream.view(a["tokens"], batch * count * 8).view(np.int64)
+            position = int(stream.view(a["position"], 8).view(np.int64)[0])
+            cache = stream.view(a["kv_cache"], batch * BLOCK * 8).view(np.int64).reshape(
+                batch, BLOCK)
+            cache[:, position:position + count] = tokens.reshape(batch, count)
+            logits = np.stack([toy_logits(cache[:, :position + t + 1])
+                               for t in range(count)], axis=1)
+            stream.view(a["logits"], logits.nbytes)[:] = logits.reshape(-1).view(np.uint8)
+        stream.enqueue(op)
+        return True
+
+
+def stand_in_engines(refuse_capture: bool = False):
+    engine = SimpleNamespace(
+        create_execution_context=lambda: StandInContext(refuse_capture))
+    # kv [1, 2, B, 1, BLOCK, 1] float32 is 8 bytes per row and position: one int64 token id.
+    kv = SimpleNamespace(input="kv_cache", output="kv_cache_out", dtype="float32",
+                         shape=(1, 2, "batch", 1, BLOCK, 1))
+    return SimpleNamespace(kv=kv, vocab=VOCAB, codes=CODES, max_length=BLOCK, max_batch=4,
+                           prefill=engine, step=engine)
+
+
+@pytest.fixture
+def stand_in_gpu(monkeypatch):
+    monkeypatch.setattr(tensorrt_backend._native, "DeviceStream", StandInStream)
+
+
+@pytest.mark.parametrize("use_graph,refuse_capture", [(False, False), (True, False),
+                                                      (True, True)])
+def test_state_logits_follow_the_sequence(stand_in_gpu, use_graph, refuse_capture):
+    state = TensorRTState(stand_in_engines(refuse_capture), 3, use_graph=use_graph)
+    rng = np.random.default_rng(0)
+    for prefix_length in (4, 2):  # a second prefill on the same state restarts the sequence
+        sequence = rng.integers(0, VOCAB, size=(3, prefix_length))
+        logits = state.prefill(sequence)
+        for position in range(prefix_length, prefix_length + 6):
+            np.testing.assert_array_equal(logits, toy_logits(sequence)[:, :CODES])
+            following = logits.argmax(axis=1)
+            sequence = np.concatenate([sequence, following[:, None]], axis=1)
+            logits = state.step(following, position)
+    assert (state._graph is not None) == (use_graph and not refuse_capture)
+
+
+@pytest.mark.parametrize("use_graph", [False, True])
+def test_draw_and_generate_sample_what_the_cpu_samples(stand_in_gpu, use_graph):
+    seeds = np.array([5, 6, 7], np.uint64)
+    params = dict(top_k=10, top_p=0.9, temperature=1.1, greedy=False)
+    prefix = np.array([[1, 2], [3, 4], [5, 6]])
+    sequence, expected = prefix, []
+    for k in range(7):  # the CPU sampler over the toy model's logits
+        expected.append(sample_logits(toy_logits(sequence)[:, :CODES].copy(), seeds=seeds,
+                                      step=k, **params))
+        sequence = np.concatenate([sequence, expected[-1][:, None]], axis=1)
+    expected = np.stack(expected, axis=1)
+    engines = stand_in_engines()
+    state = TensorRTState(engines, 3, use_graph=use_graph, fetch_logits=False)
+    assert state.prefill(prefix) is None
+    drawn = []
+    for k in range(7):
+        drawn.append(state.draw(seeds, k, **params))
+        if k < 6:
+            assert state.step(drawn[-1], 2 + k) is None
+    np.testing.assert_array_equal(np.stack(drawn, axis=1), expected)
+    generated = TensorRTState(engines, 3, use_graph=use_graph).generate(prefix, seeds, 7,
+                                                                         **params)
+    np.testing.assert_array_equal(generated, expected)

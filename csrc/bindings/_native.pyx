@@ -334,6 +334,8 @@ cdef class GpuTransformer:
         if seeds.shape[0] == 0 or seeds.shape[0] != out.shape[0]:
             raise ValueError(f"seeds and out must be [B] alike and non-empty, got "
                              f"{seeds.shape[0]} and {out.shape[0]}")
+        if self._model.batch() == 0:
+            raise ValueError("sample before prefill: run prefill first")
         if seeds.shape[0] != self._model.batch():
             raise ValueError(f"seeds must be [{self._model.batch()}] (the prefill's batch), got "
                              f"{seeds.shape[0]}")

@@ -1,6 +1,7 @@
 // DeviceStream (csrc/device_stream.h): one cudaStream_t, the allocations it owns (checked on
 // every call: addresses arrive from Python as integers), the graphs captured on it, and the
 // sampler's workspace.
+#include <cstdint>
 #include <map>
 #include <vector>
 
@@ -25,6 +26,7 @@ struct DeviceStream::State {
   bool capturing = false;
   void* workspace = nullptr;  // the sampler's, sampling_workspace_bytes of the largest call
   size_t workspace_bytes = 0;
+  std::vector<void*> retired;  // workspaces outgrown: graphs captured before may still use them
 
   // Error unless [address, address + bytes) lies inside one allocation.
   void check_span(uintptr_t address, size_t bytes, const char* what) const {
@@ -55,6 +57,7 @@ DeviceStream::~DeviceStream() {
   for (cudaGraphExec_t exec : s.graphs) cudaGraphExecDestroy(exec);
   for (const auto& [base, bytes] : s.allocations) cudaFree(reinterpret_cast<void*>(base));
   if (s.workspace != nullptr) cudaFree(s.workspace);
+  for (void* old : s.retired) cudaFree(old);
   cudaStreamDestroy(s.stream);
 }
 
@@ -78,6 +81,8 @@ uintptr_t DeviceStream::allocate(size_t bytes) {
 void DeviceStream::upload(uintptr_t device, const void* host, size_t bytes) {
   state_->check_span(device, bytes, "upload");
   VQRT_CHECK(host != nullptr || bytes == 0, "upload: host is null");
+  // A captured copy would read this host buffer at every replay, long after the caller freed it.
+  VQRT_CHECK(!state_->capturing, "upload: not while a graph is being captured");
   if (bytes == 0) return;
   VQRT_CUDA_CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(device), host, bytes,
                                   cudaMemcpyHostToDevice, state_->stream));
@@ -106,6 +111,10 @@ void DeviceStream::copy_rows(uintptr_t dst, size_t dst_pitch, uintptr_t src, siz
   VQRT_CHECK(dst_pitch >= width && src_pitch >= width,
              "copy_rows: pitches " << dst_pitch << " and " << src_pitch
                                    << " must be >= the width " << width);
+  const size_t last = rows - 1;  // (rows - 1) * pitch + width must not wrap around
+  VQRT_CHECK(last <= (SIZE_MAX - width) / dst_pitch && last <= (SIZE_MAX - width) / src_pitch,
+             "copy_rows: " << rows << " rows at pitches " << dst_pitch << " and " << src_pitch
+                           << " overflow the address space");
   state_->check_span(dst, (rows - 1) * dst_pitch + width, "copy_rows destination");
   state_->check_span(src, (rows - 1) * src_pitch + width, "copy_rows source");
   VQRT_CUDA_CHECK(cudaMemcpy2DAsync(reinterpret_cast<void*>(dst), dst_pitch,
@@ -169,31 +178,35 @@ void DeviceStream::sample(uintptr_t logits, int64_t batch, int64_t vocab, uintpt
   p.vocab = vocab;
   p.step = step;
   p.params = params;
-  if (batch >= 1 && vocab >= 1) {  // else p.check() below names the bad argument
+  p.logits = reinterpret_cast<const float*>(logits);
+  p.seeds = reinterpret_cast<const uint64_t*>(seeds);
+  p.tokens = reinterpret_cast<int64_t*>(tokens);
+  p.status = reinterpret_cast<int32_t*>(status);
+  // In range, the spans cannot overflow (batch < 2^31, vocab <= 2^30); out of range, p.check()
+  // below names the bad argument.
+  if (batch >= 1 && batch <= INT32_MAX && vocab >= 1 && vocab <= cuda::kSamplingMaxVocab) {
     const size_t rows = static_cast<size_t>(batch);
     s.check_span(logits, rows * static_cast<size_t>(vocab) * sizeof(float), "sample logits");
     s.check_span(seeds, rows * sizeof(uint64_t), "sample seeds");
     s.check_span(tokens, rows * sizeof(int64_t), "sample tokens");
     s.check_span(status, rows * sizeof(int32_t), "sample status");
-  }
-  p.logits = reinterpret_cast<const float*>(logits);
-  p.seeds = reinterpret_cast<const uint64_t*>(seeds);
-  p.tokens = reinterpret_cast<int64_t*>(tokens);
-  p.status = reinterpret_cast<int32_t*>(status);
-  p.check();
-  const size_t need = cuda::sampling_workspace_bytes(batch, vocab);
-  if (need > s.workspace_bytes) {
-    VQRT_CHECK(!s.capturing, "sample: a first call of this batch and vocabulary must come "
-                             "before any capture (it allocates the workspace)");
-    VQRT_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // the old workspace may be in use
-    if (s.workspace != nullptr) cudaFree(s.workspace);
-    s.workspace = nullptr;
-    s.workspace_bytes = 0;
-    VQRT_CUDA_CHECK(cudaMalloc(&s.workspace, need));
-    s.workspace_bytes = need;
+    // The workspace before p.check(), which requires it (vocab > 1024).
+    const size_t need = cuda::sampling_workspace_bytes(batch, vocab);
+    if (need > s.workspace_bytes) {
+      VQRT_CHECK(!s.capturing, "sample: a first call of this batch and vocabulary must come "
+                               "before any capture (it allocates the workspace)");
+      void* grown = nullptr;
+      VQRT_CUDA_CHECK(cudaMalloc(&grown, need));
+      // The old workspace stays allocated until the stream is destroyed: a graph captured
+      // earlier may still replay a sample() that uses it.
+      if (s.workspace != nullptr) s.retired.push_back(s.workspace);
+      s.workspace = grown;
+      s.workspace_bytes = need;
+    }
   }
   p.workspace = s.workspace;
   p.workspace_bytes = s.workspace_bytes;
+  p.check();
   cuda::sampling_launch(p, s.stream);
 }
 
