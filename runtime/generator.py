@@ -204,16 +204,17 @@ class Generator:
         num_threads: threads of the native decoder, the sampler and ONNX Runtime's intra-op
             pool; 0 = their defaults (one per core). Never changes the tokens.
         tile: the image decoder's tile side in latent positions (None: the whole image up to
-            a latent of runtime.tiled_decode.WHOLE_GRAPH_SIDE or within max_memory, else tiles
-            sized per layer to fit, TiledDecoder.plan). Never changes the image beyond
-            rounding.
+            a latent of runtime.tiled_decode.WHOLE_GRAPH_SIDE, or any the bundle allows with
+            decoder engine tensorrt, or within max_memory, else tiles sized per layer to fit,
+            TiledDecoder.plan). Never changes the image beyond rounding.
         max_memory: bytes the image decoder may use; a request that cannot fit fails in
             start() (or decode()) before anything is allocated.
         decoder_engine: what runs the image decoder's graphs: "onnxruntime" (fp32, on
             `device`), "openvino" (the CPU, bf16 arithmetic where the CPU has it: faster,
-            close to but not equal to fp32; needs the openvino package), or "auto" (the
-            default: openvino for bundles built with --precision bf16 where it is installed
-            and the decoder runs on the CPU, else onnxruntime).
+            close to but not equal to fp32; needs the openvino package), "tensorrt" (the
+            bundle's decoder engine on the GPU: runtime/tensorrt_backend.py, never run yet), or
+            "auto" (the default: openvino for bundles built with --precision bf16 where it is
+            installed and the decoder runs on the CPU, else onnxruntime; never tensorrt).
     """
 
     def __init__(self, bundle_dir: Union[str, Path], backend: str = "auto", *,

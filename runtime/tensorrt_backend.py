@@ -37,7 +37,8 @@ This module never imports torch; `tensorrt` is imported only when the backend is
 from __future__ import annotations
 
 import operator
-from typing import Dict, Optional, Tuple
+import threading
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,10 +46,14 @@ from vqrt import _native
 from vqrt.runtime.bundle import REBUILD, Bundle, BundleError
 from vqrt.runtime.params import RequestError
 
-__all__ = ["TensorRTBackend", "TensorRTEngines", "TensorRTState", "tensorrt_unavailable_reason"]
+__all__ = ["TensorRTBackend", "TensorRTEngines", "TensorRTGraph", "TensorRTState",
+           "tensorrt_unavailable_reason"]
 
 GRAPHS = ("transformer_prefill", "transformer_step")
 _KV_DTYPES = {"float32": np.float32, "float16": np.float16}  # the manifest's kv_cache dtype
+# TensorRT DataType name -> the numpy type TensorRTGraph copies it as.
+_NUMPY_OF = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32,
+             "UINT8": np.uint8, "BOOL": np.bool_}
 
 
 def tensorrt_unavailable_reason() -> str:
@@ -72,6 +77,25 @@ def _host_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
+def load_engine(trt, runtime, bundle: Bundle, name: str):
+    """The bundle's engine of graph `name`, deserialized -> (engine, its path); BundleError
+    when the bundle has none or this TensorRT and GPU cannot load it."""
+    spec = bundle.manifest.tensorrt
+    engine_spec = spec.engines.get(name) if spec is not None else None
+    if engine_spec is None:
+        raise BundleError(f"{bundle.path}: the bundle has no {name} TensorRT engine; rebuild "
+                          "it with `vqrt build --backend tensorrt` on the serving GPU")
+    path = bundle.file(engine_spec.file)
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise BundleError(
+            f"{path}: TensorRT {trt.__version__} cannot load this engine (built with TensorRT "
+            f"{spec.version} on {spec.gpu}, compute capability {spec.compute_capability}); an "
+            "engine runs only with the TensorRT version and GPU it was built for: rebuild "
+            "the bundle here with `vqrt build --backend tensorrt`")
+    return engine, path
+
+
 class TensorRTEngines:
     """The bundle's two transformer engines, deserialized once and read-only (each state makes
     its own execution contexts), with the interface checked against the manifest."""
@@ -90,19 +114,8 @@ class TensorRTEngines:
         self.prefill, self.step = (self._load(bundle, name) for name in GRAPHS)
 
     def _load(self, bundle: Bundle, name: str):
-        trt, spec = self._trt, bundle.manifest.tensorrt
-        engine_spec = spec.engines.get(name) if spec is not None else None
-        if engine_spec is None:
-            raise BundleError(f"{bundle.path}: the bundle has no {name} TensorRT engine; rebuild "
-                              "it with `vqrt build --backend tensorrt` on the serving GPU")
-        path = bundle.file(engine_spec.file)
-        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise BundleError(
-                f"{path}: TensorRT {trt.__version__} cannot load this engine (built with TensorRT "
-                f"{spec.version} on {spec.gpu}, compute capability {spec.compute_capability}); an "
-                "engine runs only with the TensorRT version and GPU it was built for: rebuild "
-                "the bundle here with `vqrt build --backend tensorrt`")
+        trt = self._trt
+        engine, path = load_engine(trt, self._runtime, bundle, name)
         kv_type = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF}[self.kv.dtype]
         want = {"tokens": ("in", trt.DataType.INT64), "position": ("in", trt.DataType.INT64),
                 self.kv.input: ("in", kv_type), "logits": ("out", trt.DataType.FLOAT),
@@ -344,6 +357,78 @@ class TensorRTState:
         out = np.empty((self.batch, self._engines.codes), dtype=np.float32)
         self._stream.download(_host_bytes(out), self._codes)
         return out
+
+
+class TensorRTGraph:
+    """One engine with host inputs and outputs, for graphs run whole per call (the VQGAN
+    decoder: decoder engine "tensorrt" in runtime/tiled_decode.py). Device buffers for the
+    profile's largest shapes are allocated and bound once; a call sets the input shapes, copies
+    in, runs and copies out, one call at a time (a lock: decoders are shared across threads)."""
+
+    def __init__(self, bundle: Bundle, name: str):
+        import tensorrt as trt
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine, path = load_engine(trt, self._runtime, bundle, name)
+        engine = self._engine
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise RequestError("decoder engine tensorrt: TensorRT could not create an execution "
+                               "context (out of GPU memory?)")
+        self._stream = _native.DeviceStream()
+        self._lock = threading.Lock()
+        self._inputs, self._outputs = [], []
+        dtypes = {}
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            dtype = _NUMPY_OF.get(getattr(engine.get_tensor_dtype(tensor), "name", ""))
+            if dtype is None or engine.get_tensor_location(tensor) != trt.TensorLocation.DEVICE:
+                raise BundleError(f"{path}: the engine's {tensor} is not a device tensor of a "
+                                  f"type the runtime copies ({', '.join(_NUMPY_OF)}); {REBUILD}")
+            dtypes[tensor] = np.dtype(dtype)
+            if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
+                self._inputs.append(tensor)
+                self._set_shape(tensor, tuple(engine.get_tensor_profile_shape(tensor, 0)[2]))
+            else:
+                self._outputs.append(tensor)
+        # name -> (numpy type, device address); outputs sized at the profile's largest inputs.
+        self._buffers: Dict[str, Tuple[np.dtype, int]] = {}
+        for tensor in self._inputs + self._outputs:
+            shape = tuple(self._context.get_tensor_shape(tensor))
+            address = self._stream.allocate(max(1, int(np.prod(shape))) * dtypes[tensor].itemsize)
+            if not self._context.set_tensor_address(tensor, address):
+                raise RequestError(f"decoder engine tensorrt: TensorRT refused the address of "
+                                   f"{tensor}")
+            self._buffers[tensor] = (dtypes[tensor], address)
+
+    def _set_shape(self, tensor: str, shape: Tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(tensor, shape):
+            raise RequestError(f"decoder engine tensorrt: the engine refuses {tensor} of shape "
+                               f"{list(shape)} (outside its optimization profile); rebuild the "
+                               "bundle with larger --max-batch or --max-size")
+
+    def providers(self) -> Tuple[str, ...]:
+        return ("TensorRT",)
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """input name -> array (converted to the engine's type) -> the outputs, in the
+        engine's order."""
+        s = self._stream
+        with self._lock:
+            for tensor in self._inputs:
+                dtype, address = self._buffers[tensor]
+                array = np.ascontiguousarray(feeds[tensor], dtype=dtype)
+                self._set_shape(tensor, array.shape)
+                s.upload(address, _host_bytes(array))
+            if not self._context.execute_async_v3(s.handle):
+                raise RequestError("decoder engine tensorrt: TensorRT failed to enqueue the "
+                                   "engine (see its log above)")
+            outputs = []
+            for tensor in self._outputs:
+                dtype, address = self._buffers[tensor]
+                out = np.empty(tuple(self._context.get_tensor_shape(tensor)), dtype=dtype)
+                s.download(_host_bytes(out), address)
+                outputs.append(out)
+            return outputs
 
 
 class TensorRTBackend:

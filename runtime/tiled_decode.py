@@ -29,6 +29,7 @@ from vqrt.runtime.onnx_sessions import open_session
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 from vqrt.runtime.strict_json import loads_strict
+from vqrt.runtime.tensorrt_backend import TensorRTGraph, tensorrt_unavailable_reason
 
 FORMAT = "vqrt-tiled-decoder-2"
 WHOLE_GRAPH_SIDE = 32  # latents up to this side decode as one graph unless a tile is asked for
@@ -228,7 +229,7 @@ class _OpenVinoGraph:
         return [np.array(results[output]) for output in self.outputs]
 
 
-ENGINES = ("auto", "onnxruntime", "openvino")
+ENGINES = ("auto", "onnxruntime", "openvino", "tensorrt")
 
 
 def _openvino_available() -> bool:
@@ -241,9 +242,20 @@ def _openvino_available() -> bool:
 
 def choose_engine(engine: str, bundle: Bundle, device: str) -> str:
     """"auto": OpenVINO for bundles built with --precision bf16 where it is installed and the
-    decoder runs on the CPU (the user chose bf16 arithmetic at build time), else ONNX Runtime."""
+    decoder runs on the CPU (the user chose bf16 arithmetic at build time), else ONNX Runtime.
+    "tensorrt" (the bundle's decoder engine) only when asked for, until it has run on a GPU."""
     if engine not in ENGINES:
         raise RequestError(f"decoder engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "tensorrt":
+        trt = bundle.manifest.tensorrt
+        if trt is None or "decoder" not in trt.engines:
+            raise RequestError(f"{bundle.path}: decoder engine tensorrt needs the bundle's "
+                               "TensorRT decoder engine, which it lacks: rebuild it with `vqrt "
+                               "build --backend tensorrt`, or use engine onnxruntime")
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise RequestError(f"decoder engine tensorrt: {reason}; or use engine onnxruntime")
+        return engine
     if engine == "auto":
         wants_bf16 = bundle.manifest.requested_precision == "bf16" and device != "cuda"
         return "openvino" if wants_bf16 and _openvino_available() else "onnxruntime"
@@ -261,8 +273,9 @@ class TiledDecoder:
     construction; decode() keeps its buffers per call, so threads may share one).
 
     engine "onnxruntime" (fp32, the CPU or CUDA provider), "openvino" (the CPU, bf16 arithmetic
-    where the CPU has it: faster, not bit-comparable with fp32; needs the openvino package) or
-    "auto" (choose_engine)."""
+    where the CPU has it: faster, not bit-comparable with fp32; needs the openvino package),
+    "tensorrt" (the bundle's whole-image decoder engine on the GPU, for every latent up to the
+    bundle's max; never run yet: no machine here has TensorRT) or "auto" (choose_engine)."""
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
                  num_threads: int, engine: str = "auto"):
@@ -293,9 +306,17 @@ class TiledDecoder:
                 return _OpenVinoGraph(path, num_threads)
             return _OrtGraph(path, providers, device, num_threads, one_of_many)
 
+        # Tile steps on the chosen engine; with "tensorrt", which builds no tile-step engines,
+        # on ONNX Runtime (used only where a tile or a memory budget is asked for).
         self.runners = {s.name: compile_graph(bundle.file(s.graph), True)
                         for s in self.steps if isinstance(s, ConvStep)}
-        self._whole = compile_graph(bundle.graph_path("decoder"), False)
+        if engine == "tensorrt":
+            # The engine's profile covers every latent up to the bundle's max: decode whole.
+            self._whole = TensorRTGraph(bundle, "decoder")
+            self.whole_side = max(bundle.manifest.limits.max_latent)
+        else:
+            self._whole = compile_graph(bundle.graph_path("decoder"), False)
+            self.whole_side = WHOLE_GRAPH_SIDE
 
     @property
     def providers(self) -> Tuple[str, ...]:
@@ -373,8 +394,8 @@ class TiledDecoder:
     def plan(self, batch: int, h: int, w: int, tile: Optional[int] = None,
              max_memory: Optional[int] = None) -> TilePlan:
         """How to decode a latent h x w: the whole-image graph when it is asked for (a tile
-        covering the latent) or fits (no tile given: latents up to WHOLE_GRAPH_SIDE, or
-        within max_memory bytes), else tiles of `tile` latent positions, or each step's
+        covering the latent) or fits (no tile given: latents up to whole_side, or within
+        max_memory bytes), else tiles of `tile` latent positions, or each step's
         tiles sized by TILE_TENSOR_LIMIT, or by the largest of TENSOR_LIMITS that fits
         max_memory. Raises RequestError, before anything is allocated, when nothing fits."""
         if tile is not None and tile < 1:
@@ -386,7 +407,7 @@ class TiledDecoder:
                                                   or whole.peak_bytes <= max_memory):
             return whole
         if tile is None and max_memory is None:
-            return whole if side <= WHOLE_GRAPH_SIDE else self._tiled(
+            return whole if side <= self.whole_side else self._tiled(
                 shapes, self._step_tiles(shapes, h))
         if tile is None and whole.peak_bytes <= max_memory:
             return whole

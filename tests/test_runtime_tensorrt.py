@@ -1,9 +1,11 @@
-"""The TensorRT backend (runtime/tensorrt_backend.py). Where TensorRT 10 and a GPU exist: greedy
-tokens equal upstream's on golden set A, the device loop (generate()) equals the Generator's
-(step, draw), and the captured step graph equals eager steps. Everywhere: the
-one-line refusals, "auto" never picking tensorrt, the engine checks against the manifest with a
-stand-in tensorrt module, and TensorRTState's buffers, positions, captured step, draw() and
-generate() over stand-ins for the GPU and the engines (vqrt's glue only, never TensorRT)."""
+"""The TensorRT backend and decoder engine (runtime/tensorrt_backend.py). Where TensorRT 10 and a
+GPU exist: greedy tokens equal upstream's on golden set A, the device loop (generate()) equals
+the Generator's (step, draw), the captured step graph equals eager steps, and the decoder
+engine's images equal the fp32 graph's. Everywhere: the one-line refusals, "auto" never picking
+tensorrt, the engine checks against the manifest with a stand-in tensorrt module, and
+TensorRTState's buffers, positions, captured step, draw() and generate() and TensorRTGraph's
+whole-image decoding over stand-ins for the GPU and the engines (vqrt's glue only, never
+TensorRT)."""
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -157,6 +159,16 @@ def test_greedy_tokens_match_upstream_on_golden(engine_bundle, golden_refs):
 def test_the_device_loop_equals_the_generators_loop(engine_bundle, golden_refs, params):
     assert_the_device_loop_equals_the_generators(Generator(engine_bundle, backend="tensorrt"),
                                                  golden_refs["cond"][:, 0], params)
+
+
+@needs_golden
+@needs_tensorrt
+def test_the_decoder_engine_decodes_as_onnxruntime_does(engine_bundle, golden_refs):
+    """fp32 engines with TF32 off: the same images as the fp32 graph up to kernel rounding."""
+    codes = golden_refs["greedy_grid"]
+    engine = Generator(engine_bundle, decoder_engine="tensorrt").decode_raw(codes)
+    graph = Generator(engine_bundle, decoder_engine="onnxruntime").decode_raw(codes)
+    np.testing.assert_allclose(engine, graph, atol=1e-3)
 
 
 @needs_golden
@@ -357,3 +369,86 @@ def test_draw_and_generate_sample_what_the_cpu_samples(stand_in_gpu, use_graph):
     generated = TensorRTState(engines, 3, use_graph=use_graph).generate(prefix, seeds, 7,
                                                                          **params)
     np.testing.assert_array_equal(generated, expected)
+
+
+# --- the decoder engine (TensorRTGraph, decoder engine "tensorrt") -----------------------------
+
+class StandInDecoderContext:
+    """indices int64 [B, h, w] -> image float32 [B, 3, 2h, 2w] (each code repeated), with a
+    profile of batch <= 2 and sides <= 8."""
+    LARGEST = (2, 8, 8)
+
+    def __init__(self):
+        self.address, self.shape = {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shape[name] = tuple(shape)
+        return all(1 <= s <= m for s, m in zip(shape, self.LARGEST))
+
+    def get_tensor_shape(self, name):
+        b, h, w = self.shape["indices"]
+        return (b, h, w) if name == "indices" else (b, 3, 2 * h, 2 * w)
+
+    def set_tensor_address(self, name, address):
+        self.address[name] = address
+        return True
+
+    def execute_async_v3(self, handle):
+        stream = StandInStream.streams[handle]
+        b, h, w = self.shape["indices"]
+
+        def op():
+            codes = stream.view(self.address["indices"], b * h * w * 8).view(np.int64)
+            image = np.kron(codes.reshape(b, 1, h, w), np.ones((1, 3, 2, 2))).astype(np.float32)
+            stream.view(self.address["image"], image.nbytes)[:] = image.reshape(-1).view(np.uint8)
+        stream.enqueue(op)
+        return True
+
+
+def stand_in_decoder_engine(monkeypatch):
+    fake = FakeTensorRT()
+    fake.TensorIOMode = type("TensorIOMode", (), {"INPUT": "in", "OUTPUT": "out"})
+    fake.TensorLocation = type("TensorLocation", (), {"DEVICE": "device"})
+    io = {"indices": ("in", DTYPES["INT64"]), "image": ("out", DTYPES["FLOAT"])}
+    engine = SimpleNamespace(
+        num_io_tensors=2, get_tensor_name=lambda i: list(io)[i],
+        get_tensor_mode=lambda name: io[name][0], get_tensor_dtype=lambda name: io[name][1],
+        get_tensor_location=lambda name: "device",
+        get_tensor_profile_shape=lambda name, profile: ((1, 1, 1), (1, 4, 4),
+                                                        StandInDecoderContext.LARGEST),
+        create_execution_context=StandInDecoderContext)
+    fake.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tensorrt_backend._native, "DeviceStream", StandInStream)
+
+
+@needs_golden
+def test_the_decoder_engine_is_asked_for_and_says_what_is_missing(stand_in_bundle, golden_bundle,
+                                                                   monkeypatch):
+    with pytest.raises(RequestError, match=r"needs the bundle's TensorRT decoder engine, which "
+                                           r"it lacks: rebuild it with `vqrt build --backend "
+                                           r"tensorrt`"):
+        Generator(golden_bundle, decoder_engine="tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(RequestError, match=r"^decoder engine tensorrt: the tensorrt package is "
+                                           r"not installed .+; or use engine onnxruntime$"):
+        Generator(stand_in_bundle, decoder_engine="tensorrt")
+
+
+@needs_golden
+def test_the_decoder_engine_runs_whole_images_through_its_buffers(stand_in_bundle, monkeypatch):
+    from vqrt.runtime import tiled_decode
+    stand_in_decoder_engine(monkeypatch)
+    monkeypatch.setattr(tiled_decode, "tensorrt_unavailable_reason", lambda: "")
+    decoder = tiled_decode.TiledDecoder(load_bundle(stand_in_bundle), ("CPUExecutionProvider",),
+                                        "cpu", 1, engine="tensorrt")
+    assert decoder.providers == ("TensorRT",)
+    for shape in ((2, 8, 8), (1, 3, 5), (2, 8, 8)):  # the largest, a smaller one, again
+        codes = np.random.default_rng(sum(shape)).integers(0, 256, shape)
+        expected = np.kron(codes[:, None], np.ones((1, 3, 2, 2))).astype(np.float32)
+        assert decoder.plan(*shape).tiles is None  # whole images: the engine's profile
+        np.testing.assert_array_equal(decoder.decode(codes), expected)
+    graph = decoder._whole
+    with pytest.raises(RequestError, match=r"refuses indices of shape \[3, 8, 8\] \(outside "
+                                           r"its optimization profile\)"):
+        graph.run({"indices": np.zeros((3, 8, 8), np.int64)})

@@ -115,11 +115,13 @@ def _decoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", metavar="SIZE",
                         help="memory the image decoder may use, e.g. 2G; a request that cannot "
                              "fit is refused before anything is allocated")
-    parser.add_argument("--decoder-engine", choices=("auto", "onnxruntime", "openvino"),
+    parser.add_argument("--decoder-engine", choices=("auto", "onnxruntime", "openvino",
+                                                     "tensorrt"),
                         default="auto",
                         help="what runs the image decoder: onnxruntime (fp32), openvino (CPU, "
-                             "bf16 where the CPU has it; pip install openvino), or auto "
-                             "(default: openvino for --precision bf16 bundles where installed)")
+                             "bf16 where the CPU has it; pip install openvino), tensorrt (the "
+                             "bundle's engine, on the GPU), or auto (default: openvino for "
+                             "--precision bf16 bundles where installed)")
 
 
 def _decoder_options(args: argparse.Namespace) -> dict:
