@@ -23,6 +23,7 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kTile = kThreads;
+constexpr int64_t kMaxLen = INT32_MAX - 2 * kTile;
 constexpr int kMaxHeadDim = static_cast<int>(kDecodeAttentionMaxHeadDim);
 static_assert(kMaxHeadDim <= 2 * kThreads, "a thread holds at most two output dimensions");
 constexpr int kMinKeysPerSplit = 32;
@@ -195,8 +196,9 @@ void DecodeAttentionParams::check() const {
   VQRT_CHECK(head_dim >= 1 && head_dim <= kDecodeAttentionMaxHeadDim,
              "decode_attention: head_dim must be in [1, " << kDecodeAttentionMaxHeadDim << "], got "
                                                           << head_dim);
-  VQRT_CHECK(max_len >= 1 && max_len <= INT32_MAX,
-             "decode_attention: max_len must be in [1, " << INT32_MAX << "], got " << max_len);
+  // The kernel's int arithmetic (a slice's end, the tile loop) stays below 2^31.
+  VQRT_CHECK(max_len >= 1 && max_len <= kMaxLen,
+             "decode_attention: max_len must be in [1, " << kMaxLen << "], got " << max_len);
   VQRT_CHECK(splits >= 1 && splits <= kDecodeAttentionMaxSplits,
              "decode_attention: splits must be in [1, " << kDecodeAttentionMaxSplits << "], got "
                                                         << splits);

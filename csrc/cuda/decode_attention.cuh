@@ -33,7 +33,7 @@ struct DecodeAttentionParams {
   int64_t batch = 0;                  // >= 0, batch * heads < 2^31
   int64_t heads = 0;                  // >= 1
   int64_t head_dim = 0;               // in [1, 256]
-  int64_t max_len = 0;                // T_max, in [1, 2^31)
+  int64_t max_len = 0;                // T_max, in [1, 2^31 - 257]
   // A prefill's queries: query b reads cache row b / queries_per_row, so the L positions of a
   // sequence (b = row * L + t, positions[b] = t) attend causally to their own row's cache.
   int64_t queries_per_row = 1;

@@ -35,7 +35,9 @@ __global__ void __launch_bounds__(kThreads)
 void EmbeddingParams::check() const {
   VQRT_CHECK(rows >= 0 && rows <= INT32_MAX, "embedding: rows must be in [0, " << INT32_MAX
                                                                                << "], got " << rows);
-  VQRT_CHECK(c >= 1 && c <= INT32_MAX, "embedding: c must be in [1, " << INT32_MAX << "], got " << c);
+  // The per-thread loop i += kThreads stays below 2^31.
+  VQRT_CHECK(c >= 1 && c <= INT32_MAX - kThreads,
+             "embedding: c must be in [1, " << INT32_MAX - kThreads << "], got " << c);
   VQRT_CHECK(vocab >= 1 && block_size >= 1, "embedding: vocab and block_size must be >= 1, got "
                                                 << vocab << " and " << block_size);
   VQRT_CHECK(rows == 0 || (tokens != nullptr && positions != nullptr && tok_emb != nullptr &&

@@ -18,7 +18,7 @@ struct EmbeddingParams {
   __half* x = nullptr;                 // [rows, c] device out
   int32_t* error = nullptr;            // [1] device or null: set to 1 on an id out of range
   int64_t rows = 0;                    // in [0, 2^31)
-  int64_t c = 0;                       // in [1, 2^31)
+  int64_t c = 0;                       // in [1, 2^31 - 257]
   int64_t vocab = 0;                   // >= 1
   int64_t block_size = 0;              // >= 1
   void check() const;                  // throws vqrt::Error

@@ -45,7 +45,9 @@ __global__ void __launch_bounds__(kThreads)
 void LayerNormParams::check() const {
   VQRT_CHECK(rows >= 0 && rows <= INT32_MAX, "layer_norm: rows must be in [0, " << INT32_MAX
                                                                                 << "], got " << rows);
-  VQRT_CHECK(c >= 1 && c <= INT32_MAX, "layer_norm: c must be in [1, " << INT32_MAX << "], got " << c);
+  // The per-thread loop i += kThreads stays below 2^31.
+  VQRT_CHECK(c >= 1 && c <= INT32_MAX - kThreads,
+             "layer_norm: c must be in [1, " << INT32_MAX - kThreads << "], got " << c);
   VQRT_CHECK(std::isfinite(eps) && eps >= 0.0f, "layer_norm: eps must be finite and >= 0, got " << eps);
   VQRT_CHECK(rows == 0 || (x != nullptr && gamma != nullptr && beta != nullptr && y != nullptr),
              "layer_norm: null device pointer");

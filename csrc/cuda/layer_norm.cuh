@@ -15,7 +15,7 @@ struct LayerNormParams {
   const float* beta = nullptr;   // [c] device
   __half* y = nullptr;           // [rows, c] device; may be x (in place)
   int64_t rows = 0;              // >= 0 (0: nothing to do)
-  int64_t c = 0;                 // in [1, 2^31)
+  int64_t c = 0;                 // in [1, 2^31 - 257]
   float eps = 1e-5f;             // finite, >= 0
   void check() const;            // throws vqrt::Error
 };

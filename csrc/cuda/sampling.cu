@@ -474,6 +474,11 @@ void check_sampling_arguments(int64_t batch, int64_t vocab, const SamplingParams
 
 size_t sampling_workspace_bytes(int64_t batch, int64_t vocab) {
   if (vocab <= kChunk) return 0;
+  VQRT_CHECK(batch >= 1 && vocab <= kSamplingMaxVocab &&
+                 static_cast<uint64_t>(batch) <=
+                     SIZE_MAX / (3 * sizeof(uint64_t)) / static_cast<uint64_t>(vocab),
+             "sampling: the workspace of batch " << batch << " x vocab " << vocab
+                                                 << " overflows size_t");
   return static_cast<size_t>(batch) * static_cast<size_t>(vocab) * 3 * sizeof(uint64_t);
 }
 
@@ -482,6 +487,8 @@ void SamplingKernelParams::check() const {
   VQRT_CHECK(logits != nullptr && seeds != nullptr && tokens != nullptr && status != nullptr,
              "sampling: null device pointer (logits, seeds, tokens and status are required)");
   const size_t need = sampling_workspace_bytes(batch, vocab);
+  VQRT_CHECK(need == 0 || reinterpret_cast<uintptr_t>(workspace) % alignof(uint64_t) == 0,
+             "sampling: the workspace must be 8-byte aligned");
   VQRT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need),
              "sampling: the workspace needs " << need << " bytes for batch " << batch
                                               << " x vocab " << vocab << ", got "
