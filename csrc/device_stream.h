@@ -6,9 +6,9 @@
 //
 // Addresses cross the Python boundary as integers, so every call checks that the bytes it
 // touches lie inside one allocation of this stream: a wrong address is an Error, not a fault.
-// Copies and kernels are enqueued in order on the one stream; download() and synchronize()
-// wait. One thread at a time (each generation owns its stream and the memory on it). This header has no CUDA types, so every build has it: without CUDA
-// (device_stream_stub.cpp) the constructor throws, saying why.
+// Copies and kernels are enqueued in order on the one stream; download() waits. One thread at a
+// time (each generation owns its stream and the memory on it). This header has no CUDA types, so
+// every build has it: without CUDA (device_stream_stub.cpp) the constructor throws, saying why.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -38,7 +38,6 @@ class DeviceStream {
                  size_t rows);
   // *value += delta for one int64 on the device (a position the next replay reads).
   void add_int64(uintptr_t value, int64_t delta);
-  void synchronize();
 
   // Everything enqueued between begin_capture() and end_capture() becomes one CUDA graph,
   // replayed by replay(index). end_capture() throws (and leaves no capture open) when something

@@ -21,7 +21,6 @@ void DeviceStream::download(void*, uintptr_t, size_t) {}
 void DeviceStream::fill_zero(uintptr_t, size_t) {}
 void DeviceStream::copy_rows(uintptr_t, size_t, uintptr_t, size_t, size_t, size_t) {}
 void DeviceStream::add_int64(uintptr_t, int64_t) {}
-void DeviceStream::synchronize() {}
 void DeviceStream::begin_capture() {}
 int64_t DeviceStream::end_capture() { return -1; }
 void DeviceStream::replay(int64_t) {}

@@ -50,6 +50,7 @@ __all__ = ["TensorRTBackend", "TensorRTEngines", "TensorRTGraph", "TensorRTState
            "tensorrt_unavailable_reason"]
 
 GRAPHS = ("transformer_prefill", "transformer_step")
+BACKEND, DECODER = "backend tensorrt", "decoder engine tensorrt"  # how refusals start
 _KV_DTYPES = {"float32": np.float32, "float16": np.float16}  # the manifest's kv_cache dtype
 # TensorRT DataType name -> the numpy type TensorRTGraph copies it as.
 _NUMPY_OF = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32,
@@ -75,6 +76,33 @@ def tensorrt_unavailable_reason() -> str:
 def _host_bytes(array: np.ndarray) -> np.ndarray:
     """A C-contiguous array's bytes as the uint8 view DeviceStream copies from or into."""
     return array.reshape(-1).view(np.uint8)
+
+
+def _new_context(engine, who: str):
+    """An execution context of the engine; `who` (backend tensorrt, decoder engine tensorrt)
+    starts each refusal's message."""
+    context = engine.create_execution_context()
+    if context is None:
+        raise RequestError(f"{who}: TensorRT could not create an execution context (out of GPU "
+                           "memory?)")
+    return context
+
+
+def _bind(context, name: str, address: int, who: str) -> None:
+    if not context.set_tensor_address(name, address):
+        raise RequestError(f"{who}: TensorRT refused the address of {name}")
+
+
+def _set_shape(context, name: str, shape: Tuple[int, ...], who: str) -> None:
+    if not context.set_input_shape(name, shape):
+        raise RequestError(f"{who}: the engine refuses {name} of shape {list(shape)} (outside "
+                           "its optimization profile); rebuild the bundle with larger "
+                           "--max-batch or --max-size")
+
+
+def _enqueue(context, stream, who: str) -> None:
+    if not context.execute_async_v3(stream.handle):
+        raise RequestError(f"{who}: TensorRT failed to enqueue the engine (see its log above)")
 
 
 def load_engine(trt, runtime, bundle: Bundle, name: str):
@@ -171,35 +199,19 @@ class TensorRTState:
                                       self._prefill_logits)
         self._step = self._context(engines.step, self._step_tokens, self._position,
                                    self._step_logits)
-        self._set_shape(self._step, "tokens", (batch, 1))
+        _set_shape(self._step, "tokens", (batch, 1), BACKEND)
         self._use_graph = use_graph
         self._graph = None  # the step graph's index on the stream, once captured
         self._graph_refused = False
 
     def _context(self, engine, tokens: int, position: int, logits: int):
         kv = self._engines.kv
-        context = engine.create_execution_context()
-        if context is None:
-            raise RequestError("backend tensorrt: TensorRT could not create an execution "
-                               "context (out of GPU memory?)")
+        context = _new_context(engine, BACKEND)
         for name, address in (("tokens", tokens), ("position", position), (kv.input, self._kv),
                               (kv.output, self._kv), ("logits", logits)):
-            if not context.set_tensor_address(name, address):
-                raise RequestError(f"backend tensorrt: TensorRT refused the address of {name}")
-        self._set_shape(context, kv.input, self._kv_shape)
+            _bind(context, name, address, BACKEND)
+        _set_shape(context, kv.input, self._kv_shape, BACKEND)
         return context
-
-    @staticmethod
-    def _set_shape(context, name: str, shape: Tuple[int, ...]) -> None:
-        if not context.set_input_shape(name, shape):
-            raise RequestError(f"backend tensorrt: the engine refuses {name} of shape "
-                               f"{list(shape)} (outside its optimization profile); rebuild the "
-                               "bundle with larger --max-batch or --max-size")
-
-    def _enqueue(self, context) -> None:
-        if not context.execute_async_v3(self._stream.handle):
-            raise RequestError("backend tensorrt: TensorRT failed to enqueue the engine (see "
-                               "its log above)")
 
     def _check_tokens(self, tokens: np.ndarray) -> None:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self._engines.vocab):
@@ -295,11 +307,11 @@ class TensorRTState:
             raise ValueError(f"{length} tokens exceed the block size {self.max_length}")
         self._check_tokens(tokens)
         s, vocab, codes = self._stream, self._engines.vocab, self._engines.codes
-        self._set_shape(self._prefill, "tokens", tokens.shape)
+        _set_shape(self._prefill, "tokens", tokens.shape, BACKEND)
         s.upload(self._prefill_tokens, _host_bytes(tokens))
         # Zeroed: masked positions enter the attention with weight 0, and 0 * NaN is NaN.
         s.fill_zero(self._kv, self._kv_bytes)
-        self._enqueue(self._prefill)
+        _enqueue(self._prefill, self._stream, BACKEND)
         # logits [B, L, V]: row b's last position starts at float (b * L + L - 1) * V.
         s.copy_rows(self._codes, 4 * codes, self._prefill_logits + 4 * (length - 1) * vocab,
                     4 * length * vocab, 4 * codes, self.batch)
@@ -309,7 +321,7 @@ class TensorRTState:
     def _enqueue_step(self) -> None:
         """The step graph's body: the engine, its logits to codes, position + 1."""
         vocab, codes = self._engines.vocab, self._engines.codes
-        self._enqueue(self._step)
+        _enqueue(self._step, self._stream, BACKEND)
         self._stream.copy_rows(self._codes, 4 * codes, self._step_logits, 4 * vocab, 4 * codes,
                                self.batch)
         self._stream.add_int64(self._position, 1)
@@ -370,10 +382,7 @@ class TensorRTGraph:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine, path = load_engine(trt, self._runtime, bundle, name)
         engine = self._engine
-        self._context = engine.create_execution_context()
-        if self._context is None:
-            raise RequestError("decoder engine tensorrt: TensorRT could not create an execution "
-                               "context (out of GPU memory?)")
+        self._context = _new_context(engine, DECODER)
         self._stream = _native.DeviceStream()
         self._lock = threading.Lock()
         self._inputs, self._outputs = [], []
@@ -387,7 +396,8 @@ class TensorRTGraph:
             dtypes[tensor] = np.dtype(dtype)
             if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
                 self._inputs.append(tensor)
-                self._set_shape(tensor, tuple(engine.get_tensor_profile_shape(tensor, 0)[2]))
+                _set_shape(self._context, tensor,
+                           tuple(engine.get_tensor_profile_shape(tensor, 0)[2]), DECODER)
             else:
                 self._outputs.append(tensor)
         # name -> (numpy type, device address); outputs sized at the profile's largest inputs.
@@ -395,16 +405,8 @@ class TensorRTGraph:
         for tensor in self._inputs + self._outputs:
             shape = tuple(self._context.get_tensor_shape(tensor))
             address = self._stream.allocate(max(1, int(np.prod(shape))) * dtypes[tensor].itemsize)
-            if not self._context.set_tensor_address(tensor, address):
-                raise RequestError(f"decoder engine tensorrt: TensorRT refused the address of "
-                                   f"{tensor}")
+            _bind(self._context, tensor, address, DECODER)
             self._buffers[tensor] = (dtypes[tensor], address)
-
-    def _set_shape(self, tensor: str, shape: Tuple[int, ...]) -> None:
-        if not self._context.set_input_shape(tensor, shape):
-            raise RequestError(f"decoder engine tensorrt: the engine refuses {tensor} of shape "
-                               f"{list(shape)} (outside its optimization profile); rebuild the "
-                               "bundle with larger --max-batch or --max-size")
 
     def providers(self) -> Tuple[str, ...]:
         return ("TensorRT",)
@@ -417,11 +419,9 @@ class TensorRTGraph:
             for tensor in self._inputs:
                 dtype, address = self._buffers[tensor]
                 array = np.ascontiguousarray(feeds[tensor], dtype=dtype)
-                self._set_shape(tensor, array.shape)
+                _set_shape(self._context, tensor, array.shape, DECODER)
                 s.upload(address, _host_bytes(array))
-            if not self._context.execute_async_v3(s.handle):
-                raise RequestError("decoder engine tensorrt: TensorRT failed to enqueue the "
-                                   "engine (see its log above)")
+            _enqueue(self._context, s, DECODER)
             outputs = []
             for tensor in self._outputs:
                 dtype, address = self._buffers[tensor]

@@ -420,10 +420,6 @@ cdef class DeviceStream:
         """Enqueues *value += delta for one int64 on the device."""
         self._stream.add_int64(value, delta)
 
-    def synchronize(self):
-        with nogil:
-            self._stream.synchronize()
-
     def begin_capture(self):
         self._stream.begin_capture()
 

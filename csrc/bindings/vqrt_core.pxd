@@ -128,7 +128,6 @@ cdef extern from "device_stream.h" namespace "vqrt" nogil:
         void copy_rows(uintptr_t dst, size_t dst_pitch, uintptr_t src, size_t src_pitch,
                        size_t width, size_t rows) except +
         void add_int64(uintptr_t value, int64_t delta) except +
-        void synchronize() except +
         void begin_capture() except +
         int64_t end_capture() except +
         void replay(int64_t graph) except +

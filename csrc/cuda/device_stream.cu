@@ -129,11 +129,6 @@ void DeviceStream::add_int64(uintptr_t value, int64_t delta) {
   VQRT_CUDA_CHECK(cudaGetLastError());
 }
 
-void DeviceStream::synchronize() {
-  VQRT_CHECK(!state_->capturing, "synchronize: not while a graph is being captured");
-  VQRT_CUDA_CHECK(cudaStreamSynchronize(state_->stream));
-}
-
 void DeviceStream::begin_capture() {
   State& s = *state_;
   VQRT_CHECK(!s.capturing, "begin_capture: a capture is already open");
@@ -150,7 +145,7 @@ int64_t DeviceStream::end_capture() {
   const cudaError_t ended = cudaStreamEndCapture(s.stream, &graph);
   if (ended != cudaSuccess) {
     if (graph != nullptr) cudaGraphDestroy(graph);
-    cudaGetLastError();  // an invalidated capture leaves a sticky-free error: clear it
+    cudaGetLastError();  // an invalidated capture leaves a non-sticky error: clear it
     VQRT_CUDA_CHECK(ended);
   }
   cudaGraphExec_t exec = nullptr;
