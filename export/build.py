@@ -281,14 +281,14 @@ def _tools(tensorrt: Optional[TensorRTSpec]) -> Dict[str, str]:
     return tools
 
 
-def _build_engines(staging: Path, graphs: Dict[str, GraphSpec],
+def _build_engines(staging: Path, sources: Dict[str, str],
                    profiles: Dict[str, Dict[str, ShapeRange]], options: BuildOptions,
                    plan: _Plan, log: Callable[[str], None]
                    ) -> Tuple[Optional[TensorRTSpec], List[str]]:
     """-> (engines or None, notes). --backend tensorrt fails on a refused graph; auto falls
     back to ONNX Runtime and says why."""
     try:
-        spec = tensorrt_engines.build_engines(staging, graphs, profiles, options.precision,
+        spec = tensorrt_engines.build_engines(staging, sources, profiles, options.precision,
                                               plan.tensorrt, log)
     except tensorrt_engines.TensorRTBuildError as e:
         if options.backend == "tensorrt":
@@ -370,8 +370,12 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
             if plan.tensorrt is not None:
                 profiles = tensorrt_engines.engine_profiles(
                     graphs, first_stage, transformer, conditioning, _cond_size(loaded), limits)
-                tensorrt, engine_notes = _build_engines(staging, graphs, profiles, options, plan,
-                                                        log)
+                sources = {name: graphs[name].file for name in profiles}
+                tile_profiles, tile_sources = tensorrt_engines.tile_step_engines(
+                    staging, tiled_decoder.program, limits)
+                tensorrt, engine_notes = _build_engines(
+                    staging, {**sources, **tile_sources}, {**profiles, **tile_profiles},
+                    options, plan, log)
             backends = tuple(name for name, present in (
                 ("tensorrt", tensorrt is not None), ("native", native is not None),
                 ("onnxruntime", kv is not None or loaded.kind != "net2net")) if present)

@@ -10,11 +10,11 @@ query chunks over the whole latent. Tiled equals untiled up to rounding, whateve
 
 One conv step is one ONNX graph (weights as external data, shared file):
 
-  inputs   x      float16 [B, C_in, th + 2r, tw + 2r]   the tile with its halo, clipped to the
-                                                         image (r = kernel // 2)
-           pads   int64 [8]                               zeros for the clipped halo: ONNX Pad
-                                                         order [0, 0, top, left, 0, 0, bottom,
-                                                         right] (3x3 steps only)
+  inputs   x      float16 [B, C_in, th + 2r, tw + 2r]   the tile with its halo (r = kernel // 2)
+                                                         of any finite value where it leaves
+                                                         the image
+           inside float32 [1, 1, th + 2r, tw + 2r]      1 inside the image, 0 in the halo
+                                                         beyond it (3x3 steps only)
            scale, shift float32 [B, C_in, 1, 1]          GroupNorm folded to an affine (norm
                                                          steps only)
            skip   float16 [B, C_skip, th', tw']           the residual (residual steps only)
@@ -24,7 +24,11 @@ One conv step is one ONNX graph (weights as external data, shared file):
                                                          rounding to fp16) over the tile, merged
                                                          by the runtime for the next GroupNorm
 
-  y = [skip or nin_shortcut(skip) +] conv(pad(swish(x * scale + shift)))
+  y = [skip or nin_shortcut(skip) +] conv(swish(x * scale + shift) * inside)
+
+Every input's shape follows from x's and the step (no input is read for a shape), so a step
+graph builds into a TensorRT engine with ordinary device inputs: a `pads` input would have made
+TensorRT treat it as a shape tensor on the host.
 
 The whole-image buffers between steps are fp16: half the memory of fp32, at one fp16 rounding of
 each stored activation (tiled against whole stays >= 55 dB, tested), and the graphs convert at
@@ -32,9 +36,10 @@ their edges, inside the engine, where it is several times cheaper than numpy's c
 (1024x1024, ImageNet-sized decoder: 29.6 s against 39.6 s with numpy converting fp32 graph
 inputs and outputs; BENCHMARKS.md). Everything inside a step computes in fp32.
 
-The zero padding comes after the norm and swish, where upstream's conv pads. Upsample steps
-(nearest x2, then a 3x3 conv) run as a 3x3 conv on the low-resolution input to 4 C_out channels,
-one per output phase, and a DepthToSpace: the same sums without the 4x larger upsampled tensor.
+The zeros where the halo leaves the image come after the norm and swish, where upstream's conv
+pads. Upsample steps (nearest x2, then a 3x3 conv) run as a 3x3 conv on the low-resolution
+input to 4 C_out channels, one per output phase, and a DepthToSpace: the same sums without the
+4x larger upsampled tensor.
 
 int8 bundles (`vqrt build --precision int8`) write the same program with QDQ step graphs: each
 conv the whole-image int8 decoder quantized is quantized here with that graph's activation
@@ -68,7 +73,7 @@ DIRECTORY = "tiled_decoder"  # inside the bundle
 PROGRAM_FILE = f"{DIRECTORY}/program.json"
 TENSORS_FILE = f"{DIRECTORY}/tensors.safetensors"
 WEIGHTS_FILE = f"{DIRECTORY}/weights.bin"
-PROGRAM_FORMAT = "vqrt-tiled-decoder-2"  # 2: fp16 buffers (x, skip, y)
+PROGRAM_FORMAT = "vqrt-tiled-decoder-3"  # 2: fp16 buffers (x, skip, y); 3: inside, not pads
 
 
 def _np(tensor) -> np.ndarray:
@@ -176,16 +181,17 @@ class _ProgramBuilder:
         if swish_in:
             h = swish(b, h)
         if kernel == 3:
-            pads = b.input("pads", TensorProto.INT64, [8])
-            h = b.op("Pad", h, pads, mode="constant")
+            h = b.op("Mul", h, b.input("inside", TensorProto.FLOAT, [1, 1, "tile_h", "tile_w"]))
         if upsample:
             weight, bias = upsample_phase_weights(weight), np.tile(bias, 4)
         y = _conv_op(b, h, name, weight, bias, self._int8(source, name), kernel)
         if upsample:
             y = b.op("DepthToSpace", y, blocksize=2, mode="DCR")
+        skip_channels = None
         if skip is not None:
+            skip_channels = c_out if shortcut is None else shortcut.weight.shape[1]
             s = b.op("Cast", b.input("skip", TensorProto.FLOAT16,
-                                     ["batch", "skip_channels", "out_h", "out_w"]),
+                                     ["batch", skip_channels, "out_h", "out_w"]),
                      to=TensorProto.FLOAT)
             if shortcut is not None:
                 s = _conv_op(b, s, f"{name}.shortcut", _np(shortcut.weight),
@@ -208,7 +214,7 @@ class _ProgramBuilder:
             "kind": "conv", "name": name, "graph": file, "input": x, "output": out,
             "kernel": kernel, "in_channels": c_in, "out_channels": c_out,
             "norm": self._norm(norm, norm_name), "swish": swish_in, "skip": skip,
-            "upsample": upsample})
+            "skip_channels": skip_channels, "upsample": upsample})
         return out
 
     def _int8(self, source: Optional[str], step: str) -> Optional[Int8Conv]:

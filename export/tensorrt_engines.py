@@ -5,8 +5,10 @@ was developed on had TensorRT or a GPU. Its tests skip with that reason. Treat t
 a GPU as the real test (scripts or `pytest tests/test_export_tensorrt.py` there).
 
 One engine per graph, each with one optimization profile: batch 1..max_batch, latent sizes from
-1 x 1 to the bundle's max latent (tiles of a larger image decode within it), token counts 1..
-block_size; `opt` is batch 1 at the training size. Precision:
+1 x 1 to the bundle's max latent, token counts 1..block_size; `opt` is batch 1 at the training
+size. Also one engine per conv step of the tiled decoder (engines/tiled_decoder/<step>.plan),
+for tiles from 1 pixel to the largest the runtime asks for (runtime/tiled_decode.py,
+tile_engine_profiles), so decoder engine "tensorrt" runs tiled plans too. Precision:
   fp32  the fp32 graphs, TF32 off (so engines match the fp32 parity limits);
   fp16  the fp16 graphs in a strongly typed network: TensorRT keeps the graphs' fp32 islands
         (normalisation, softmax, argmin) instead of choosing precisions itself;
@@ -17,15 +19,18 @@ imported only here, only when an engine is wanted.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from vqrt.runtime.bundle import (
     Conditioning, EngineSpec, FirstStageSpec, GraphSpec, Limits, ShapeRange, TensorRTSpec,
     TransformerSpec)
+from vqrt.runtime.tiled_decode import (
+    ConvStep, program_steps, tile_engine_name, tile_engine_profiles)
 
 NEEDS = ("TensorRT 10 and an NVIDIA GPU with its driver (pip install 'vqrt[tensorrt]' on a "
          "machine with one)")
@@ -131,6 +136,15 @@ def engine_profiles(graphs: Dict[str, GraphSpec], first_stage: FirstStageSpec,
     return {name: profile for name, profile in profiles.items() if name in graphs}
 
 
+def tile_step_engines(staging: Path, program: str, limits: Limits
+                      ) -> Tuple[Dict[str, Dict[str, ShapeRange]], Dict[str, str]]:
+    """The tiled decoder's step engines, from its program (staging/program): engine name ->
+    input -> shapes, and engine name -> its step graph's file in the bundle."""
+    steps = program_steps(json.loads((staging / program).read_text(encoding="utf-8")))
+    profiles = tile_engine_profiles(steps, limits.max_batch, limits.max_latent)
+    return profiles, {tile_engine_name(s): s.graph for s in steps if isinstance(s, ConvStep)}
+
+
 def _build_one(trt, onnx_path: Path, engine_path: Path, profile: Dict[str, ShapeRange],
                precision: str, timing_cache: bytes) -> bytes:
     """Builds and writes one engine; returns the extended timing cache."""
@@ -172,21 +186,22 @@ def _save_timing_cache(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def build_engines(staging: Path, graphs: Dict[str, GraphSpec],
+def build_engines(staging: Path, sources: Dict[str, str],
                   profiles: Dict[str, Dict[str, ShapeRange]], precision: str,
                   env: TensorRTEnvironment, log: Callable[[str], None]) -> TensorRTSpec:
-    """Engines for every graph in `profiles`, written to staging/engines/<graph>.plan."""
+    """Engines for every name in `profiles`, each from the ONNX file sources[name] (a path in
+    the bundle), written to staging/engines/<name>.plan."""
     import tensorrt as trt
     cache_path = timing_cache_path(env)
     timing_cache = cache_path.read_bytes() if cache_path.is_file() else b""
-    (staging / ENGINE_DIR).mkdir()
     engines: Dict[str, EngineSpec] = {}
     for name, profile in profiles.items():
         relative = f"{ENGINE_DIR}/{name}.plan"
         log(f"building TensorRT engine {relative} ({precision})")
-        timing_cache = _build_one(trt, staging / graphs[name].file, staging / relative, profile,
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        timing_cache = _build_one(trt, staging / sources[name], staging / relative, profile,
                                   precision, timing_cache)
-        engines[name] = EngineSpec(file=relative, graph=name, precision=precision,
+        engines[name] = EngineSpec(file=relative, graph=sources[name], precision=precision,
                                    profile=profile)
     _save_timing_cache(cache_path, timing_cache)
     return TensorRTSpec(version=env.version, gpu=env.gpu,

@@ -152,7 +152,7 @@ class ShapeRange:
 @dataclass(frozen=True)
 class EngineSpec:
     file: str
-    graph: str  # the bundle graph it was built from
+    graph: str  # the ONNX file in the bundle it was built from
     precision: str
     profile: Dict[str, ShapeRange]  # input name -> shapes of its one optimization profile
 
@@ -170,7 +170,7 @@ class TiledDecoderSpec:
     """The decoder as a program of tile graphs (export/onnx_tiled_decoder.py), which the
     runtime runs layer by layer in tiles (runtime/tiled_decode.py). The program names its step
     graphs, each of which must be in the file list."""
-    format: str  # vqrt-tiled-decoder-2
+    format: str  # vqrt-tiled-decoder-3
     program: str  # program.json: the steps, their graphs and buffers
     tensors: str  # safetensors: codebook [N, E] and the GroupNorm affines
     weights: str  # the step graphs' shared ONNX external data

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,13 +46,13 @@ from vqrt import _native
 from vqrt.runtime.bundle import REBUILD, Bundle, BundleError
 from vqrt.runtime.params import RequestError
 
-__all__ = ["TensorRTBackend", "TensorRTEngines", "TensorRTGraph", "TensorRTState",
+__all__ = ["TensorRTBackend", "TensorRTEngines", "TensorRTGraphs", "TensorRTState",
            "tensorrt_unavailable_reason"]
 
 GRAPHS = ("transformer_prefill", "transformer_step")
 BACKEND, DECODER = "backend tensorrt", "decoder engine tensorrt"  # how refusals start
 _KV_DTYPES = {"float32": np.float32, "float16": np.float16}  # the manifest's kv_cache dtype
-# TensorRT DataType name -> the numpy type TensorRTGraph copies it as.
+# TensorRT DataType name -> the numpy type TensorRTGraphs copies it as.
 _NUMPY_OF = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32,
              "UINT8": np.uint8, "BOOL": np.bool_}
 
@@ -78,14 +78,30 @@ def _host_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def _new_context(engine, who: str):
-    """An execution context of the engine; `who` (backend tensorrt, decoder engine tensorrt)
-    starts each refusal's message."""
-    context = engine.create_execution_context()
+def _new_context(engine, who: str, *strategy):
+    """An execution context of the engine (with `strategy`, an ExecutionContextAllocationStrategy:
+    USER_MANAGED for one without activation memory of its own); `who` (backend tensorrt,
+    decoder engine tensorrt) starts each refusal's message."""
+    context = engine.create_execution_context(*strategy)
     if context is None:
         raise RequestError(f"{who}: TensorRT could not create an execution context (out of GPU "
                            "memory?)")
     return context
+
+
+def _scratch_bytes(engine) -> int:
+    """The activation memory a context of the engine needs at its profile's largest shapes."""
+    size = getattr(engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
+    return int(engine.device_memory_size if size is None else size)
+
+
+def _use_scratch(context, address: int, nbytes: int) -> None:
+    """Gives a USER_MANAGED context its activation memory (shared: contexts that never run at
+    once may share one)."""
+    if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
+        context.set_device_memory(address, nbytes)
+    else:
+        context.device_memory = address
 
 
 def _bind(context, name: str, address: int, who: str) -> None:
@@ -371,64 +387,97 @@ class TensorRTState:
         return out
 
 
-class TensorRTGraph:
-    """One engine with host inputs and outputs, for graphs run whole per call (the VQGAN
-    decoder: decoder engine "tensorrt" in runtime/tiled_decode.py). Device buffers for the
-    profile's largest shapes are allocated and bound once; a call sets the input shapes, copies
-    in, runs and copies out, one call at a time (a lock: decoders are shared across threads)."""
+class TensorRTGraphs:
+    """Engines with host inputs and outputs, each run whole per call, one at a time: the VQGAN
+    decoder's (decoder engine "tensorrt" in runtime/tiled_decode.py: the whole-image engine and
+    the tiled decoder's step engines). They share one stream, one scratch for their activations
+    (contexts without memory of their own, given the largest engine's need) and one device
+    buffer per tensor name, sized for the largest shape any engine's profile allows; every
+    buffer is bound to every context once. So the device holds one step's memory, not one per
+    step. A call sets the input shapes, copies in, runs and copies out under a lock (a decoder
+    is shared across threads)."""
 
-    def __init__(self, bundle: Bundle, name: str):
+    def __init__(self, bundle: Bundle, names: Sequence[str]):
         import tensorrt as trt
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine, path = load_engine(trt, self._runtime, bundle, name)
-        engine = self._engine
-        self._context = _new_context(engine, DECODER)
         self._stream = _native.DeviceStream()
         self._lock = threading.Lock()
-        self._inputs, self._outputs = [], []
-        dtypes = {}
-        for i in range(engine.num_io_tensors):
-            tensor = engine.get_tensor_name(i)
-            dtype = _NUMPY_OF.get(getattr(engine.get_tensor_dtype(tensor), "name", ""))
-            if dtype is None or engine.get_tensor_location(tensor) != trt.TensorLocation.DEVICE:
-                raise BundleError(f"{path}: the engine's {tensor} is not a device tensor of a "
-                                  f"type the runtime copies ({', '.join(_NUMPY_OF)}); {REBUILD}")
-            dtypes[tensor] = np.dtype(dtype)
-            if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
-                self._inputs.append(tensor)
-                _set_shape(self._context, tensor,
-                           tuple(engine.get_tensor_profile_shape(tensor, 0)[2]), DECODER)
-            else:
-                self._outputs.append(tensor)
-        # name -> (numpy type, device address); outputs sized at the profile's largest inputs.
-        self._buffers: Dict[str, Tuple[np.dtype, int]] = {}
-        for tensor in self._inputs + self._outputs:
-            shape = tuple(self._context.get_tensor_shape(tensor))
-            address = self._stream.allocate(max(1, int(np.prod(shape))) * dtypes[tensor].itemsize)
-            _bind(self._context, tensor, address, DECODER)
-            self._buffers[tensor] = (dtypes[tensor], address)
+        engines = {name: load_engine(trt, self._runtime, bundle, name) for name in names}
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        self._contexts, self._io = {}, {}
+        nbytes: Dict[str, int] = {}  # tensor name -> the most bytes any engine needs for it
+        scratch = 0
+        for name, (engine, path) in engines.items():
+            context = _new_context(engine, DECODER, strategy)
+            inputs, outputs = [], []
+            for i in range(engine.num_io_tensors):
+                tensor = engine.get_tensor_name(i)
+                dtype = _NUMPY_OF.get(getattr(engine.get_tensor_dtype(tensor), "name", ""))
+                if (dtype is None
+                        or engine.get_tensor_location(tensor) != trt.TensorLocation.DEVICE):
+                    raise BundleError(f"{path}: the engine's {tensor} is not a device tensor of "
+                                      f"a type the runtime copies ({', '.join(_NUMPY_OF)}); "
+                                      f"{REBUILD}")
+                is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
+                (inputs if is_input else outputs).append((tensor, np.dtype(dtype)))
+                if is_input:
+                    _set_shape(context, tensor,
+                               tuple(engine.get_tensor_profile_shape(tensor, 0)[2]), DECODER)
+            for tensor, dtype in inputs + outputs:  # outputs at the profile's largest inputs
+                size = max(1, int(np.prod(tuple(context.get_tensor_shape(tensor)))))
+                nbytes[tensor] = max(nbytes.get(tensor, 0), size * dtype.itemsize)
+            scratch = max(scratch, _scratch_bytes(engine))
+            self._contexts[name] = context
+            self._io[name] = (inputs, outputs)
+        self._scratch = self._stream.allocate(max(1, scratch))
+        self._address = {tensor: self._stream.allocate(size) for tensor, size in nbytes.items()}
+        for name, context in self._contexts.items():
+            _use_scratch(context, self._scratch, scratch)
+            inputs, outputs = self._io[name]
+            for tensor, _ in inputs + outputs:
+                _bind(context, tensor, self._address[tensor], DECODER)
+
+    def run(self, name: str, feeds: Dict[str, np.ndarray], outputs: Sequence[str]
+            ) -> List[np.ndarray]:
+        """Engine `name` on input name -> array (converted to the engine's type) -> the named
+        outputs, in that order."""
+        s = self._stream
+        context = self._contexts[name]
+        inputs, produced = self._io[name]
+        dtype_of = dict(produced)
+        with self._lock:
+            for tensor, dtype in inputs:
+                array = np.ascontiguousarray(feeds[tensor], dtype=dtype)
+                _set_shape(context, tensor, array.shape, DECODER)
+                s.upload(self._address[tensor], _host_bytes(array))
+            _enqueue(context, s, DECODER)
+            results = []
+            for tensor in outputs:
+                out = np.empty(tuple(context.get_tensor_shape(tensor)), dtype=dtype_of[tensor])
+                s.download(_host_bytes(out), self._address[tensor])
+                results.append(out)
+            return results
+
+    def runner(self, name: str, outputs: Sequence[str]) -> "TensorRTRunner":
+        if sorted(outputs) != sorted(tensor for tensor, _ in self._io[name][1]):
+            have = ", ".join(tensor for tensor, _ in self._io[name][1])
+            raise BundleError(f"the {name} TensorRT engine's outputs are {have}, not "
+                              f"{', '.join(outputs)}; {REBUILD}")
+        return TensorRTRunner(self, name, tuple(outputs))
+
+
+class TensorRTRunner:
+    """One of TensorRTGraphs' engines with the interface of the tiled decoder's other engines:
+    run(feeds) -> the outputs in the graph's order."""
+
+    def __init__(self, graphs: TensorRTGraphs, name: str, outputs: Tuple[str, ...]):
+        self._graphs, self._name, self._outputs = graphs, name, outputs
 
     def providers(self) -> Tuple[str, ...]:
         return ("TensorRT",)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        """input name -> array (converted to the engine's type) -> the outputs, in the
-        engine's order."""
-        s = self._stream
-        with self._lock:
-            for tensor in self._inputs:
-                dtype, address = self._buffers[tensor]
-                array = np.ascontiguousarray(feeds[tensor], dtype=dtype)
-                _set_shape(self._context, tensor, array.shape, DECODER)
-                s.upload(address, _host_bytes(array))
-            _enqueue(self._context, s, DECODER)
-            outputs = []
-            for tensor in self._outputs:
-                dtype, address = self._buffers[tensor]
-                out = np.empty(tuple(self._context.get_tensor_shape(tensor)), dtype=dtype)
-                s.download(_host_bytes(out), address)
-                outputs.append(out)
-            return outputs
+        return self._graphs.run(self._name, feeds, self._outputs)
 
 
 class TensorRTBackend:

@@ -24,14 +24,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vqrt.runtime.bundle import Bundle, BundleError, REBUILD, TiledDecoderSpec
+from vqrt.runtime.bundle import Bundle, BundleError, REBUILD, ShapeRange, TiledDecoderSpec
 from vqrt.runtime.onnx_sessions import open_session
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 from vqrt.runtime.strict_json import loads_strict
-from vqrt.runtime.tensorrt_backend import TensorRTGraph, tensorrt_unavailable_reason
+from vqrt.runtime.tensorrt_backend import TensorRTGraphs, tensorrt_unavailable_reason
 
-FORMAT = "vqrt-tiled-decoder-2"
+FORMAT = "vqrt-tiled-decoder-3"
 WHOLE_GRAPH_SIDE = 32  # latents up to this side decode as one graph unless a tile is asked for
 WHOLE_GRAPH_BUFFERS = 5  # the whole-image graph's peak over its largest activation (4.1x at
 # 1024x1024, 4.8x at 2048x2048 with ONNX Runtime; benchmarks/decoder_bench.py)
@@ -43,7 +43,10 @@ WHOLE_GRAPH_BUFFERS = 5  # the whole-image graph's peak over its largest activat
 # 1024x1024, ONNX Runtime fp32, single runs: 2 / 4 / 8 MiB 26.4 / 25.4 / 26.9 s; one tile of 8
 # latent positions for every step 27.3-28.2 s, of 32 46.3 s (BENCHMARKS.md).
 TILE_TENSOR_LIMIT = 4 << 20
-TENSOR_LIMITS = tuple(TILE_TENSOR_LIMIT >> k for k in range(10))  # tried in turn for a budget
+# The same for the step engines of decoder engine "tensorrt": a GPU wants fewer, larger tiles
+# (each tile is one engine launch and two copies over PCIe); 254 x 254 pixels of a 128-channel
+# level. It also fixes the largest tile each engine's profile takes (tile_engine_profiles).
+TENSORRT_TILE_TENSOR_LIMIT = 32 << 20
 # Tile temporaries over one step's estimate: freed temporaries of earlier steps stay in glibc's
 # heaps (the engines' threads have their own), and steps' tiles differ in size, so the resident
 # set grows past one step's needs: 2.4x at 1024x1024 with per-step tiles (BENCHMARKS.md).
@@ -66,6 +69,7 @@ class ConvStep:
     norm: Optional[str]
     swish: bool
     skip: Optional[str]
+    skip_channels: Optional[int]
     upsample: bool
 
 
@@ -101,27 +105,86 @@ def _program_error(bundle: Bundle, what: str) -> BundleError:
     return BundleError(f"{bundle.file(bundle.manifest.tiled_decoder.program)}: {what}; {REBUILD}")
 
 
-def _parse_steps(bundle: Bundle, document: dict) -> List:
-    listed = {entry.path for entry in bundle.manifest.files}
+def program_steps(document: dict) -> List:
+    """The steps of a program.json document; ValueError names a malformed one."""
     steps = []
     for i, raw in enumerate(document.get("steps", [])):
         try:
             fields = {k: v for k, v in raw.items() if k != "kind"}
             if raw["kind"] == "conv":
                 step = ConvStep(**fields)
-                if step.graph not in listed:
-                    raise _program_error(bundle, f"step {i} names {step.graph}, which is not in "
-                                         "the manifest's file list")
                 if step.kernel not in (1, 3) or (step.upsample and step.kernel != 3):
-                    raise _program_error(bundle, f"step {i} has kernel {step.kernel}")
+                    raise ValueError(f"step {i} has kernel {step.kernel}")
             elif raw["kind"] == "attention":
                 step = AttentionStep(**fields)
             else:
-                raise _program_error(bundle, f"step {i} has unknown kind {raw['kind']!r}")
+                raise ValueError(f"step {i} has unknown kind {raw['kind']!r}")
         except (KeyError, TypeError) as e:
-            raise _program_error(bundle, f"step {i} is malformed ({e})") from None
+            raise ValueError(f"step {i} is malformed ({e})") from None
         steps.append(step)
     return steps
+
+
+def _parse_steps(bundle: Bundle, document: dict) -> List:
+    try:
+        steps = program_steps(document)
+    except ValueError as e:
+        raise _program_error(bundle, str(e)) from None
+    listed = {entry.path for entry in bundle.manifest.files}
+    for i, step in enumerate(steps):
+        if isinstance(step, ConvStep) and step.graph not in listed:
+            raise _program_error(bundle, f"step {i} names {step.graph}, which is not in the "
+                                 "manifest's file list")
+    return steps
+
+
+def tile_engine_name(step: ConvStep) -> str:
+    """The manifest's name for a conv step's TensorRT engine."""
+    return f"tiled_decoder/{step.name}"
+
+
+def _widest_channels(step: ConvStep) -> int:
+    """Channels of the step's widest tensor: its input or its conv output (4 C_out phases for
+    upsample steps)."""
+    return max(step.in_channels, step.out_channels * (4 if step.upsample else 1))
+
+
+def _tile_side(batch: int, channels: int, limit: int) -> int:
+    """The largest tile side whose widest fp32 tensor, channels x (side + 2)^2, fits `limit`."""
+    return max(1, math.isqrt(limit // (FLOAT * batch * channels)) - 2)
+
+
+def tile_engine_profiles(steps: Sequence, max_batch: int, max_latent: Tuple[int, int]
+                         ) -> Dict[str, Dict[str, ShapeRange]]:
+    """Engine name -> input -> (min, opt, max) shapes for each conv step's TensorRT engine:
+    batch 1..max_batch, tiles from 1 pixel to TENSORRT_TILE_TENSOR_LIMIT's side at batch 1
+    (within the level's extent at max_latent); `opt` is batch 1 at the largest tile."""
+    def span(per_image: Tuple[int, ...], low: Tuple[int, ...], top: Tuple[int, ...],
+             batched: bool = True) -> ShapeRange:
+        """[B, *per_image, *spatial]: B 1..max_batch (or 1), spatial low..top, opt at top."""
+        most = max_batch if batched else 1
+        return ShapeRange((1,) + per_image + low, (1,) + per_image + top,
+                          (most,) + per_image + top)
+
+    profiles = {}
+    scale = 1  # of the level the step reads, in pixels per latent position
+    for step in steps:
+        if not isinstance(step, ConvStep):
+            continue
+        side = _tile_side(1, _widest_channels(step), TENSORRT_TILE_TENSOR_LIMIT)
+        high = (min(side, max_latent[0] * scale), min(side, max_latent[1] * scale))
+        halo, up = step.kernel // 2, 2 if step.upsample else 1
+        haloed = tuple(t + 2 * halo for t in high)
+        profile = {"x": span((step.in_channels,), (1 + 2 * halo,) * 2, haloed)}
+        if halo:
+            profile["inside"] = span((1,), (1 + 2 * halo,) * 2, haloed, batched=False)
+        if step.norm is not None:
+            profile["scale"] = profile["shift"] = span((step.in_channels,), (1, 1), (1, 1))
+        if step.skip is not None:
+            profile["skip"] = span((step.skip_channels,), (up, up), tuple(t * up for t in high))
+        profiles[tile_engine_name(step)] = profile
+        scale *= up
+    return profiles
 
 
 def _last_uses(steps: Sequence, final: str) -> Dict[str, int]:
@@ -274,8 +337,10 @@ class TiledDecoder:
 
     engine "onnxruntime" (fp32, the CPU or CUDA provider), "openvino" (the CPU, bf16 arithmetic
     where the CPU has it: faster, not bit-comparable with fp32; needs the openvino package),
-    "tensorrt" (the bundle's whole-image decoder engine on the GPU, for every latent up to the
-    bundle's max; never run yet: no machine here has TensorRT) or "auto" (choose_engine)."""
+    "tensorrt" (the bundle's TensorRT engines on the GPU: the whole-image decoder engine for
+    every latent up to the bundle's max, one engine per conv step for tiles, all sharing one
+    set of device buffers; never run yet: no machine here has TensorRT) or "auto"
+    (choose_engine)."""
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
                  num_threads: int, engine: str = "auto"):
@@ -306,16 +371,26 @@ class TiledDecoder:
                 return _OpenVinoGraph(path, num_threads)
             return _OrtGraph(path, providers, device, num_threads, one_of_many)
 
-        # Tile steps on the chosen engine; with "tensorrt", which builds no tile-step engines,
-        # on ONNX Runtime (used only where a tile or a memory budget is asked for).
-        self.runners = {s.name: compile_graph(bundle.file(s.graph), True)
-                        for s in self.steps if isinstance(s, ConvStep)}
+        convs = [s for s in self.steps if isinstance(s, ConvStep)]
+        # conv step -> the largest tile side its engine takes (engines with a profile only)
+        self._largest_tile: Dict[str, int] = {}
         if engine == "tensorrt":
-            # The engine's profile covers every latent up to the bundle's max: decode whole.
-            self._whole = TensorRTGraph(bundle, "decoder")
+            graphs = TensorRTGraphs(bundle, ["decoder"] + [tile_engine_name(s) for s in convs])
+            self._whole = graphs.runner("decoder", ("image",))
+            self.runners = {s.name: graphs.runner(tile_engine_name(s), ("y", "mean", "m2"))
+                            for s in convs}
+            engines = bundle.manifest.tensorrt.engines
+            for s in convs:
+                x = engines[tile_engine_name(s)].profile["x"].max
+                self._largest_tile[s.name] = max(x[2:]) - 2 * (s.kernel // 2)
+            self.tile_limit = TENSORRT_TILE_TENSOR_LIMIT
+            # The whole-image engine's profile covers every latent up to the bundle's max:
+            # decode whole unless a tile or a memory budget asks for tiles.
             self.whole_side = max(bundle.manifest.limits.max_latent)
         else:
             self._whole = compile_graph(bundle.graph_path("decoder"), False)
+            self.runners = {s.name: compile_graph(bundle.file(s.graph), True) for s in convs}
+            self.tile_limit = TILE_TENSOR_LIMIT
             self.whole_side = WHOLE_GRAPH_SIDE
 
     @property
@@ -375,20 +450,21 @@ class TiledDecoder:
         return WHOLE_GRAPH_BUFFERS * FLOAT * max(math.prod(s) for s in shapes.values())
 
     def _step_tiles(self, shapes, h: int, tile: Optional[int] = None,
-                    limit: int = TILE_TENSOR_LIMIT) -> Tuple[int, ...]:
+                    limit: Optional[int] = None) -> Tuple[int, ...]:
         """Each conv step's tile side in its input pixels: `tile` latent positions (tile * s
-        at a level of scale s), or the largest whose widest fp32 tensor fits `limit` bytes."""
+        at a level of scale s), or the largest whose widest fp32 tensor fits `limit` bytes
+        (default: the engine's tile_limit); never beyond what the step's engine takes."""
         tiles = []
         for step in self.steps:
             if isinstance(step, AttentionStep):
                 continue
-            batch, c_in, height, width = shapes[step.input]
+            batch, _, height, width = shapes[step.input]
             if tile is not None:
                 side = tile * (height // h)
             else:
-                channels = max(c_in, step.out_channels * (4 if step.upsample else 1))
-                side = math.isqrt(limit // (FLOAT * batch * channels)) - 2
-            tiles.append(max(1, min(side, max(height, width))))
+                side = _tile_side(batch, _widest_channels(step), limit or self.tile_limit)
+            largest = self._largest_tile.get(step.name, side)
+            tiles.append(max(1, min(side, max(height, width), largest)))
         return tuple(tiles)
 
     def plan(self, batch: int, h: int, w: int, tile: Optional[int] = None,
@@ -396,7 +472,7 @@ class TiledDecoder:
         """How to decode a latent h x w: the whole-image graph when it is asked for (a tile
         covering the latent) or fits (no tile given: latents up to whole_side, or within
         max_memory bytes), else tiles of `tile` latent positions, or each step's
-        tiles sized by TILE_TENSOR_LIMIT, or by the largest of TENSOR_LIMITS that fits
+        tiles sized by tile_limit, or by the largest of tile_limit / 2^k that fits
         max_memory. Raises RequestError, before anything is allocated, when nothing fits."""
         if tile is not None and tile < 1:
             raise RequestError(f"tile must be at least 1 latent position, got {tile}")
@@ -412,7 +488,8 @@ class TiledDecoder:
         if tile is None and whole.peak_bytes <= max_memory:
             return whole
         candidates = ([self._step_tiles(shapes, h, tile)] if tile is not None else
-                      [self._step_tiles(shapes, h, limit=limit) for limit in TENSOR_LIMITS])
+                      [self._step_tiles(shapes, h, limit=self.tile_limit >> k)
+                       for k in range(10)])
         for tiles in candidates:
             result = self._tiled(shapes, tiles)
             if max_memory is None or result.peak_bytes <= max_memory:
@@ -473,13 +550,9 @@ class TiledDecoder:
             y1 = min(y0 + tile, height)
             for x0 in range(0, width, tile):
                 x1 = min(x0 + tile, width)
-                top, left = max(y0 - halo, 0), max(x0 - halo, 0)
-                bottom, right = min(y1 + halo, height), min(x1 + halo, width)
-                feeds["x"] = np.ascontiguousarray(x[:, :, top:bottom, left:right])
+                feeds["x"] = _with_halo(x, y0, y1, x0, x1, halo)
                 if halo:
-                    feeds["pads"] = np.array([0, 0, halo - (y0 - top), halo - (x0 - left),
-                                              0, 0, halo - (bottom - y1), halo - (right - x1)],
-                                             np.int64)
+                    feeds["inside"] = _inside(y0, y1, x0, x1, halo, height, width)
                 core = (slice(None), slice(None), slice(y0 * scale, y1 * scale),
                         slice(x0 * scale, x1 * scale))
                 if step.skip is not None:
@@ -495,6 +568,30 @@ class TiledDecoder:
                 merged.add(y.shape[2] * y.shape[3], mean, m2)
         buffers[step.output] = out
         stats[step.output] = merged
+
+
+def _with_halo(x: np.ndarray, y0: int, y1: int, x0: int, x1: int, halo: int) -> np.ndarray:
+    """x[:, :, y0 - halo:y1 + halo, x0 - halo:x1 + halo] as a new array, zeros where it leaves
+    x [B, C, H, W]."""
+    _, _, height, width = x.shape
+    top, left = max(y0 - halo, 0), max(x0 - halo, 0)
+    bottom, right = min(y1 + halo, height), min(x1 + halo, width)
+    if (top, left, bottom, right) == (y0 - halo, x0 - halo, y1 + halo, x1 + halo):
+        return np.ascontiguousarray(x[:, :, top:bottom, left:right])
+    tile = np.zeros(x.shape[:2] + (y1 - y0 + 2 * halo, x1 - x0 + 2 * halo), x.dtype)
+    tile[:, :, top - (y0 - halo):bottom - (y0 - halo), left - (x0 - halo):right - (x0 - halo)] = (
+        x[:, :, top:bottom, left:right])
+    return tile
+
+
+def _inside(y0: int, y1: int, x0: int, x1: int, halo: int, height: int, width: int
+            ) -> np.ndarray:
+    """float32 [1, 1, y1 - y0 + 2 halo, x1 - x0 + 2 halo]: 1 where the haloed tile is inside
+    the H x W image, 0 beyond it."""
+    rows = np.arange(y0 - halo, y1 + halo)
+    cols = np.arange(x0 - halo, x1 + halo)
+    inside = ((rows >= 0) & (rows < height))[:, None] & ((cols >= 0) & (cols < width))[None, :]
+    return inside.astype(np.float32)[None, None]
 
 
 def _mib(n: int) -> str:

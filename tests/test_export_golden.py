@@ -120,7 +120,7 @@ def test_manifest_describes_the_model(bundle):
     assert m.parity.passed and not m.parity.drift_allowed
     td = m.tiled_decoder
     assert (td.format, td.program, td.tensors, td.weights) == (
-        "vqrt-tiled-decoder-2", "tiled_decoder/program.json",
+        "vqrt-tiled-decoder-3", "tiled_decoder/program.json",
         "tiled_decoder/tensors.safetensors", "tiled_decoder/weights.bin")
     paths = {e.path for e in m.files}
     assert {p for p in paths if not p.startswith("tiled_decoder/")} == {

@@ -2,15 +2,19 @@
 exist and skip elsewhere with what was found; the profile arithmetic, and vqrt's glue around
 TensorRT with a stand-in module, run everywhere."""
 import importlib.machinery
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import onnx
 import pytest
 
 from vqrt.export import tensorrt_engines
 from vqrt.export.build import BuildError, BuildOptions, build_bundle
 from vqrt.runtime.bundle import (
     Conditioning, FirstStageSpec, GraphSpec, Limits, TransformerSpec, load_bundle)
+from vqrt.runtime.tiled_decode import ConvStep, program_steps, tile_engine_name
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 
@@ -20,6 +24,12 @@ def tensorrt_or_skip() -> tensorrt_engines.TensorRTEnvironment:
         return tensorrt_engines.probe()
     except tensorrt_engines.TensorRTUnavailable as e:
         pytest.skip(f"needs TensorRT 10 and a CUDA GPU: {e}")
+
+
+def tile_engine_names(bundle: Path) -> set:
+    program = json.loads((bundle / "tiled_decoder" / "program.json").read_text())
+    return {tile_engine_name(step) for step in program_steps(program)
+            if isinstance(step, ConvStep)}
 
 
 def test_profiles_cover_batch_and_latent_ranges():
@@ -71,14 +81,14 @@ def test_engines_build_and_deserialize(tmp_path, monkeypatch, precision):
     manifest = load_bundle(out).manifest
     assert manifest.backends[0] == "tensorrt"
     assert (manifest.tensorrt.version, manifest.tensorrt.gpu) == (env.version, env.gpu)
-    assert set(manifest.tensorrt.engines) == set(manifest.graphs)
+    assert set(manifest.tensorrt.engines) == set(manifest.graphs) | tile_engine_names(out)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     for name, engine_spec in manifest.tensorrt.engines.items():
         engine = runtime.deserialize_cuda_engine((out / engine_spec.file).read_bytes())
         assert engine is not None, name
         io_names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        graph = manifest.graphs[name]
-        assert io_names == {t.name for t in graph.inputs + graph.outputs}
+        graph = onnx.load(out / engine_spec.graph, load_external_data=False).graph
+        assert io_names == {t.name for t in list(graph.input) + list(graph.output)}, name
     assert tensorrt_engines.timing_cache_path(env).is_file()  # kept for the next build
 
 
@@ -152,7 +162,7 @@ class FakeTensorRT:
 
             def create_network(self, flags):
                 fake.calls.append(("network", flags))
-                return object()
+                return SimpleNamespace(source=None)
 
             def create_builder_config(self):
                 return Config()
@@ -161,16 +171,17 @@ class FakeTensorRT:
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                return None if fake.fail else b"engine bytes"
+                return None if fake.fail else f"engine of {network.source}".encode()
 
         class OnnxParser:
             num_errors = 0
 
             def __init__(self, network, logger):
-                pass
+                self.network = network
 
             def parse_from_file(self, path):
                 fake.calls.append(("parse", Path(path).name))
+                self.network.source = Path(path).name
                 return True
 
         self.Builder, self.OnnxParser = Builder, OnnxParser
@@ -200,9 +211,15 @@ def test_engine_glue_with_a_stand_in(fake_tensorrt, tmp_path):
     assert manifest.backends == ("tensorrt", "onnxruntime")
     assert manifest.tools["tensorrt"] == "10.99.0" and "Fake GPU" in manifest.tools["gpu"]
     engines = manifest.tensorrt.engines
-    assert sorted(engines) == sorted(manifest.graphs)
-    assert (out / engines["decoder"].file).read_bytes() == b"engine bytes"
+    assert set(engines) == set(manifest.graphs) | tile_engine_names(out)
+    assert (out / engines["decoder"].file).read_bytes() == b"engine of decoder.onnx"
     assert engines["decoder"].profile["indices"].max == (8, 8, 8)
+    # One engine per conv step of the tiled decoder, built from that step's graph.
+    conv_out = engines["tiled_decoder/decoder.conv_out"]
+    assert conv_out.file == "engines/tiled_decoder/decoder.conv_out.plan"
+    assert (out / conv_out.file).read_bytes() == f"engine of {Path(conv_out.graph).name}".encode()
+    assert conv_out.graph.startswith("tiled_decoder/") and (out / conv_out.graph).is_file()
+    assert set(conv_out.profile) == {"x", "inside", "scale", "shift"}
     assert ("network", 1 << 5) in fake.calls  # fp16: strongly typed
     assert ("shape", "kv_cache", (2, 2, 1, 4, 65, 12), (2, 2, 1, 4, 65, 12),
             (2, 2, 8, 4, 65, 12)) in fake.calls

@@ -3,14 +3,15 @@ GPU exist: greedy tokens equal upstream's on golden set A, the device loop (gene
 the Generator's (step, draw), the captured step graph equals eager steps, and the decoder
 engine's images equal the fp32 graph's. Everywhere: the one-line refusals, "auto" never picking
 tensorrt, the engine checks against the manifest with a stand-in tensorrt module, and
-TensorRTState's buffers, positions, captured step, draw() and generate() and TensorRTGraph's
-whole-image decoding over stand-ins for the GPU and the engines (vqrt's glue only, never
-TensorRT)."""
+TensorRTState's buffers, positions, captured step, draw() and generate(), and the decoder
+engines' whole-image and tiled decoding (TensorRTGraphs) over stand-ins for the GPU and the
+engines (vqrt's glue only, never TensorRT)."""
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 
 from test_export_tensorrt import ENV, FakeTensorRT
@@ -22,6 +23,7 @@ from vqrt.export.build import BuildOptions, build_bundle
 from vqrt.runtime import GenerationParams, Generator, RequestError
 from vqrt.runtime import tensorrt_backend
 from vqrt.runtime.bundle import BundleError, load_bundle
+from vqrt.runtime.onnx_sessions import open_session
 from vqrt.runtime.sampling import sample_logits
 from vqrt.runtime.tensorrt_backend import (
     TensorRTEngines, TensorRTState, tensorrt_unavailable_reason)
@@ -169,6 +171,11 @@ def test_the_decoder_engine_decodes_as_onnxruntime_does(engine_bundle, golden_re
     engine = Generator(engine_bundle, decoder_engine="tensorrt").decode_raw(codes)
     graph = Generator(engine_bundle, decoder_engine="onnxruntime").decode_raw(codes)
     np.testing.assert_allclose(engine, graph, atol=1e-3)
+    # Tiles of 3 latent positions through the step engines: tiled against whole as in
+    # tests/test_tiled_decode.py (fp16 buffers between steps).
+    tiled = Generator(engine_bundle, decoder_engine="tensorrt", tile=3).decode_raw(codes)
+    mse = np.mean((tiled.astype(np.float64) - graph) ** 2)
+    assert 10 * np.log10(4.0 / mse) >= 55
 
 
 @needs_golden
@@ -371,55 +378,126 @@ def test_draw_and_generate_sample_what_the_cpu_samples(stand_in_gpu, use_graph):
     np.testing.assert_array_equal(generated, expected)
 
 
-# --- the decoder engine (TensorRTGraph, decoder engine "tensorrt") -----------------------------
+# --- the decoder engines (TensorRTGraphs, decoder engine "tensorrt") ----------------------------
+# StandInOnnxEngine answers for an engine the stand-in tensorrt "built" from one of the bundle's
+# ONNX graphs (its bytes name the file): its inputs and outputs are the graph's, its profile
+# the manifest's, and its context runs the graph with ONNX Runtime on the bytes at the bound
+# addresses of StandInStream, refusing shapes outside the profile as TensorRT does. So the
+# decoder engine's glue (shared buffers and scratch, shapes, binds, output order, tile caps)
+# runs here and must give ONNX Runtime's images exactly. Not TensorRT.
 
-class StandInDecoderContext:
-    """indices int64 [B, h, w] -> image float32 [B, 3, 2h, 2w] (each code repeated), with a
-    profile of batch <= 2 and sides <= 8."""
-    LARGEST = (2, 8, 8)
+_TRT_TYPE = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF",
+             onnx.TensorProto.INT64: "INT64"}
 
-    def __init__(self):
-        self.address, self.shape = {}, {}
+
+class StandInOnnxEngine:
+    def __init__(self, path: Path, profile):
+        graph = onnx.load(path, load_external_data=False).graph
+        self.path, self.profile = path, profile
+        self.inputs = [(t.name, _TRT_TYPE[t.type.tensor_type.elem_type]) for t in graph.input]
+        self.outputs = [(t.name, _TRT_TYPE[t.type.tensor_type.elem_type]) for t in graph.output]
+        self.device_memory_size_v2 = 4096
+        self.session = None  # opened on the first run
+
+    @property
+    def num_io_tensors(self):
+        return len(self.inputs) + len(self.outputs)
+
+    def get_tensor_name(self, i):
+        return (self.inputs + self.outputs)[i][0]
+
+    def get_tensor_mode(self, name):
+        return "in" if name in dict(self.inputs) else "out"
+
+    def get_tensor_dtype(self, name):
+        return DTYPES[dict(self.inputs + self.outputs)[name]]
+
+    def get_tensor_location(self, name):
+        return "device"
+
+    def get_tensor_profile_shape(self, name, profile):
+        shapes = self.profile[name]
+        return shapes.min, shapes.opt, shapes.max
+
+    def create_execution_context(self, strategy):
+        assert strategy == "user managed"  # the scratch is shared: no memory of its own
+        return StandInOnnxContext(self)
+
+    def run(self, feeds):
+        if self.session is None:
+            self.session = open_session(self.path, ("CPUExecutionProvider",), "cpu", 1, True)
+        return dict(zip([name for name, _ in self.outputs], self.session.run(None, feeds)))
+
+
+class StandInOnnxContext:
+    def __init__(self, engine: StandInOnnxEngine):
+        self.engine, self.address, self.shape, self.scratch = engine, {}, {}, None
+        self._out_shapes = {}  # input shapes -> output name -> shape
 
     def set_input_shape(self, name, shape):
+        shapes = self.engine.profile[name]
+        if not all(lo <= s <= hi for lo, s, hi in zip(shapes.min, shape, shapes.max)):
+            return False
         self.shape[name] = tuple(shape)
-        return all(1 <= s <= m for s, m in zip(shape, self.LARGEST))
+        return True
+
+    def _feeds(self, read):
+        return {name: read(name, self.shape[name], np.dtype(_NUMPY[kind]))
+                for name, kind in self.engine.inputs}
 
     def get_tensor_shape(self, name):
-        b, h, w = self.shape["indices"]
-        return (b, h, w) if name == "indices" else (b, 3, 2 * h, 2 * w)
+        if name in self.shape:
+            return self.shape[name]
+        key = tuple(sorted(self.shape.items()))
+        if key not in self._out_shapes:  # run on zeros once for these input shapes
+            outputs = self.engine.run(self._feeds(lambda n, shape, dtype: np.zeros(shape, dtype)))
+            self._out_shapes[key] = {n: out.shape for n, out in outputs.items()}
+        return self._out_shapes[key][name]
 
     def set_tensor_address(self, name, address):
         self.address[name] = address
         return True
 
+    def set_device_memory(self, address, nbytes):
+        self.scratch = (address, nbytes)
+
     def execute_async_v3(self, handle):
         stream = StandInStream.streams[handle]
-        b, h, w = self.shape["indices"]
+        assert self.scratch is not None and self.scratch[1] >= self.engine.device_memory_size_v2
+        stream.view(*self.scratch)  # inside an allocation
+
+        def read(name, shape, dtype):
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            return stream.view(self.address[name], nbytes).view(dtype).reshape(shape).copy()
 
         def op():
-            codes = stream.view(self.address["indices"], b * h * w * 8).view(np.int64)
-            image = np.kron(codes.reshape(b, 1, h, w), np.ones((1, 3, 2, 2))).astype(np.float32)
-            stream.view(self.address["image"], image.nbytes)[:] = image.reshape(-1).view(np.uint8)
+            for name, out in self.engine.run(self._feeds(read)).items():
+                stream.view(self.address[name], out.nbytes)[:] = out.reshape(-1).view(np.uint8)
         stream.enqueue(op)
         return True
 
 
-def stand_in_decoder_engine(monkeypatch):
+_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64}
+
+
+def stand_in_decoder_engines(monkeypatch, bundle_path: Path):
+    """tensorrt as the stand-in export saw it, each engine file answered by StandInOnnxEngine."""
+    manifest = load_bundle(bundle_path).manifest
+    by_bytes = {(bundle_path / spec.file).read_bytes(): spec
+                for spec in manifest.tensorrt.engines.values()}
     fake = FakeTensorRT()
     fake.TensorIOMode = type("TensorIOMode", (), {"INPUT": "in", "OUTPUT": "out"})
     fake.TensorLocation = type("TensorLocation", (), {"DEVICE": "device"})
-    io = {"indices": ("in", DTYPES["INT64"]), "image": ("out", DTYPES["FLOAT"])}
-    engine = SimpleNamespace(
-        num_io_tensors=2, get_tensor_name=lambda i: list(io)[i],
-        get_tensor_mode=lambda name: io[name][0], get_tensor_dtype=lambda name: io[name][1],
-        get_tensor_location=lambda name: "device",
-        get_tensor_profile_shape=lambda name, profile: ((1, 1, 1), (1, 4, 4),
-                                                        StandInDecoderContext.LARGEST),
-        create_execution_context=StandInDecoderContext)
-    fake.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
+    fake.ExecutionContextAllocationStrategy = SimpleNamespace(USER_MANAGED="user managed")
+
+    def deserialize(data):
+        spec = by_bytes[data]
+        return StandInOnnxEngine(bundle_path / spec.graph, spec.profile)
+    fake.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=deserialize)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(tensorrt_backend._native, "DeviceStream", StandInStream)
+    from vqrt.runtime import tiled_decode
+    monkeypatch.setattr(tiled_decode, "tensorrt_unavailable_reason", lambda: "")
 
 
 @needs_golden
@@ -435,20 +513,60 @@ def test_the_decoder_engine_is_asked_for_and_says_what_is_missing(stand_in_bundl
         Generator(stand_in_bundle, decoder_engine="tensorrt")
 
 
+def _decoders(bundle_path: Path):
+    from vqrt.runtime.tiled_decode import TiledDecoder
+    bundle = load_bundle(bundle_path)
+    cpu = ("CPUExecutionProvider",)
+    return (TiledDecoder(bundle, cpu, "cpu", 1, engine="tensorrt"),
+            TiledDecoder(bundle, cpu, "cpu", 1, engine="onnxruntime"))
+
+
 @needs_golden
-def test_the_decoder_engine_runs_whole_images_through_its_buffers(stand_in_bundle, monkeypatch):
-    from vqrt.runtime import tiled_decode
-    stand_in_decoder_engine(monkeypatch)
-    monkeypatch.setattr(tiled_decode, "tensorrt_unavailable_reason", lambda: "")
-    decoder = tiled_decode.TiledDecoder(load_bundle(stand_in_bundle), ("CPUExecutionProvider",),
-                                        "cpu", 1, engine="tensorrt")
-    assert decoder.providers == ("TensorRT",)
-    for shape in ((2, 8, 8), (1, 3, 5), (2, 8, 8)):  # the largest, a smaller one, again
-        codes = np.random.default_rng(sum(shape)).integers(0, 256, shape)
-        expected = np.kron(codes[:, None], np.ones((1, 3, 2, 2))).astype(np.float32)
-        assert decoder.plan(*shape).tiles is None  # whole images: the engine's profile
-        np.testing.assert_array_equal(decoder.decode(codes), expected)
-    graph = decoder._whole
-    with pytest.raises(RequestError, match=r"refuses indices of shape \[3, 8, 8\] \(outside "
+def test_the_decoder_engines_decode_whole_and_tiled_as_onnxruntime(stand_in_bundle, monkeypatch):
+    stand_in_decoder_engines(monkeypatch, stand_in_bundle)
+    engines, graphs = _decoders(stand_in_bundle)
+    assert engines.providers == ("TensorRT",)
+    rng = np.random.default_rng(3)
+    # whole images: the largest the profile takes, a smaller one, again; then tiles of 1 and 3
+    # latent positions, whose edge tiles are clipped, through every step engine
+    for shape, tile in (((8, 8, 8), None), ((1, 3, 5), None), ((8, 8, 8), None),
+                        ((2, 8, 8), 1), ((1, 7, 5), 3)):
+        codes = rng.integers(0, 256, shape)
+        assert (engines.plan(*shape, tile=tile).tiles is None) == (tile is None)
+        np.testing.assert_array_equal(engines.decode(codes, tile=tile),
+                                      graphs.decode(codes, tile=tile))
+    with pytest.raises(RequestError, match=r"refuses indices of shape \[9, 8, 8\] \(outside "
                                            r"its optimization profile\)"):
-        graph.run({"indices": np.zeros((3, 8, 8), np.int64)})
+        engines._whole.run({"indices": np.zeros((9, 8, 8), np.int64)})
+
+
+@needs_golden
+def test_tiles_stay_within_the_step_engines_profiles(tmp_path, monkeypatch):
+    """Step engines built for small tiles (a 64 KiB tensor limit: 14 pixels at the 64-channel
+    level, less than the 64-pixel image): every tile the plan makes fits its engine's profile
+    (the stand-in refuses any other), whatever the batch, tile or budget asked for."""
+    from vqrt.runtime import tiled_decode
+    out = tmp_path / "bundle"
+    with monkeypatch.context() as patch:
+        patch.setattr(tiled_decode, "TENSORRT_TILE_TENSOR_LIMIT", 64 << 10)
+        patch.setitem(sys.modules, "tensorrt", FakeTensorRT())
+        patch.setattr(tensorrt_engines, "probe", lambda: ENV)
+        patch.setenv("VQRT_CACHE_DIR", str(tmp_path / "cache"))
+        with one_torch_thread():
+            build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(backend="tensorrt"),
+                         config=GOLDEN / "transformer.yaml", log=lambda line: None)
+    stand_in_decoder_engines(monkeypatch, out)
+    monkeypatch.setattr(tiled_decode, "TENSORRT_TILE_TENSOR_LIMIT", 64 << 10)
+    engines, graphs = _decoders(out)
+    largest = max(engines._largest_tile.values())
+    assert largest < 64 and min(engines._largest_tile.values()) >= 1
+    codes = np.random.default_rng(4).integers(0, 256, (2, 8, 8))
+    whole = graphs.decode(codes)
+    # A budget under the whole image's estimate: tiles sized by a fraction of the limit.
+    budget = engines.plan(*codes.shape, max_memory=1 << 40).peak_bytes - 1
+    for tile, budget in ((None, budget), (7, None), (4, None)):
+        plan = engines.plan(*codes.shape, tile=tile, max_memory=budget)
+        assert plan.tiles is not None and max(plan.tiles) <= largest
+        decoded = engines.decode(codes, tile=tile, max_memory=budget)
+        mse = np.mean((decoded.astype(np.float64) - whole) ** 2)
+        assert 10 * np.log10(4.0 / mse) >= 55  # tiled against whole, as test_tiled_decode
