@@ -29,6 +29,9 @@ class DeviceStream {
 
   // `bytes` of zeroed device memory, owned until the stream is destroyed -> its address.
   uintptr_t allocate(size_t bytes);
+  // Frees an allocation (its base address) once everything enqueued has run; refused while
+  // capturing and on a stream with captured graphs, which may still read it.
+  void release(uintptr_t address);
 
   void upload(uintptr_t device, const void* host, size_t bytes);  // enqueued
   void download(void* host, uintptr_t device, size_t bytes);      // waits for it

@@ -16,6 +16,7 @@ DeviceStream::~DeviceStream() = default;
 // Unreachable: no DeviceStream is ever constructed in this build.
 uintptr_t DeviceStream::handle() const { return 0; }
 uintptr_t DeviceStream::allocate(size_t) { return 0; }
+void DeviceStream::release(uintptr_t) {}
 void DeviceStream::upload(uintptr_t, const void*, size_t) {}
 void DeviceStream::download(void*, uintptr_t, size_t) {}
 void DeviceStream::fill_zero(uintptr_t, size_t) {}

@@ -23,7 +23,7 @@ import datetime
 import os
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -299,6 +299,22 @@ def _build_engines(staging: Path, sources: Dict[str, str],
                   "with ONNX Runtime"]
 
 
+def _build_step_engines(staging: Path, tensorrt: TensorRTSpec, program: str, limits: Limits,
+                        env: tensorrt_engines.TensorRTEnvironment, log: Callable[[str], None]
+                        ) -> Tuple[TensorRTSpec, List[str]]:
+    """Adds an engine per tiled-decoder conv step, fp32 whatever the bundle's precision (the
+    step graphs compute in fp32 between fp16 buffers; statistics stay fp32). A step TensorRT
+    refuses costs only these engines: the runtime then tiles on ONNX Runtime."""
+    profiles, sources = tensorrt_engines.tile_step_engines(staging, program, limits)
+    try:
+        steps = tensorrt_engines.build_engines(staging, sources, profiles, "fp32", env, log)
+    except tensorrt_engines.TensorRTBuildError as e:
+        shutil.rmtree(staging / tensorrt_engines.STEP_ENGINE_DIR, ignore_errors=True)
+        return tensorrt, [f"TensorRT step engines not built ({e}): decoder engine tensorrt "
+                          "tiles on ONNX Runtime"]
+    return replace(tensorrt, engines={**tensorrt.engines, **steps.engines}), []
+
+
 def _write_manifest(path: Path, manifest: Manifest) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(manifest_json(manifest))
@@ -371,11 +387,12 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
                 profiles = tensorrt_engines.engine_profiles(
                     graphs, first_stage, transformer, conditioning, _cond_size(loaded), limits)
                 sources = {name: graphs[name].file for name in profiles}
-                tile_profiles, tile_sources = tensorrt_engines.tile_step_engines(
-                    staging, tiled_decoder.program, limits)
-                tensorrt, engine_notes = _build_engines(
-                    staging, {**sources, **tile_sources}, {**profiles, **tile_profiles},
-                    options, plan, log)
+                tensorrt, engine_notes = _build_engines(staging, sources, profiles, options,
+                                                        plan, log)
+                if tensorrt is not None:
+                    tensorrt, step_notes = _build_step_engines(
+                        staging, tensorrt, tiled_decoder.program, limits, plan.tensorrt, log)
+                    engine_notes += step_notes
             backends = tuple(name for name, present in (
                 ("tensorrt", tensorrt is not None), ("native", native is not None),
                 ("onnxruntime", kv is not None or loaded.kind != "net2net")) if present)

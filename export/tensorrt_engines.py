@@ -6,9 +6,10 @@ a GPU as the real test (scripts or `pytest tests/test_export_tensorrt.py` there)
 
 One engine per graph, each with one optimization profile: batch 1..max_batch, latent sizes from
 1 x 1 to the bundle's max latent, token counts 1..block_size; `opt` is batch 1 at the training
-size. Also one engine per conv step of the tiled decoder (engines/tiled_decoder/<step>.plan),
-for tiles from 1 pixel to the largest the runtime asks for (runtime/tiled_decode.py,
-tile_engine_profiles), so decoder engine "tensorrt" runs tiled plans too. Precision:
+size. Also one engine per conv step of the tiled decoder (engines/tiled_decoder/<step>.plan,
+fp32 whatever the bundle's precision, built after the others: export/build.py), for tiles from
+1 pixel to the largest the runtime asks for (runtime/tiled_decode.py, tile_engine_profiles), so
+decoder engine "tensorrt" runs tiled plans too. Precision:
   fp32  the fp32 graphs, TF32 off (so engines match the fp32 parity limits);
   fp16  the fp16 graphs in a strongly typed network: TensorRT keeps the graphs' fp32 islands
         (normalisation, softmax, argmin) instead of choosing precisions itself;
@@ -36,6 +37,7 @@ NEEDS = ("TensorRT 10 and an NVIDIA GPU with its driver (pip install 'vqrt[tenso
          "machine with one)")
 WORKSPACE_BYTES = 4 << 30
 ENGINE_DIR = "engines"
+STEP_ENGINE_DIR = f"{ENGINE_DIR}/tiled_decoder"  # tile_engine_name's prefix under ENGINE_DIR
 
 
 class TensorRTUnavailable(Exception):
@@ -195,15 +197,17 @@ def build_engines(staging: Path, sources: Dict[str, str],
     cache_path = timing_cache_path(env)
     timing_cache = cache_path.read_bytes() if cache_path.is_file() else b""
     engines: Dict[str, EngineSpec] = {}
-    for name, profile in profiles.items():
-        relative = f"{ENGINE_DIR}/{name}.plan"
-        log(f"building TensorRT engine {relative} ({precision})")
-        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-        timing_cache = _build_one(trt, staging / sources[name], staging / relative, profile,
-                                  precision, timing_cache)
-        engines[name] = EngineSpec(file=relative, graph=sources[name], precision=precision,
-                                   profile=profile)
-    _save_timing_cache(cache_path, timing_cache)
+    try:
+        for name, profile in profiles.items():
+            relative = f"{ENGINE_DIR}/{name}.plan"
+            log(f"building TensorRT engine {relative} ({precision})")
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            timing_cache = _build_one(trt, staging / sources[name], staging / relative,
+                                      profile, precision, timing_cache)
+            engines[name] = EngineSpec(file=relative, graph=sources[name], precision=precision,
+                                       profile=profile)
+    finally:  # what the engines built so far timed serves the next build, failed or not
+        _save_timing_cache(cache_path, timing_cache)
     return TensorRTSpec(version=env.version, gpu=env.gpu,
                         compute_capability=env.compute_capability, engines=engines)
 

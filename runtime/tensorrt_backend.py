@@ -109,11 +109,29 @@ def _bind(context, name: str, address: int, who: str) -> None:
         raise RequestError(f"{who}: TensorRT refused the address of {name}")
 
 
-def _set_shape(context, name: str, shape: Tuple[int, ...], who: str) -> None:
+REBUILD_LARGER = "rebuild the bundle with larger --max-batch or --max-size"
+
+
+def _set_shape(context, name: str, shape: Tuple[int, ...], who: str,
+               remedy: str = REBUILD_LARGER) -> None:
     if not context.set_input_shape(name, shape):
         raise RequestError(f"{who}: the engine refuses {name} of shape {list(shape)} (outside "
-                           "its optimization profile); rebuild the bundle with larger "
-                           "--max-batch or --max-size")
+                           f"its optimization profile); {remedy}")
+
+
+def _host_io(trt, engine, path) -> Tuple[List[Tuple[str, np.dtype]], List[Tuple[str, np.dtype]]]:
+    """The engine's (inputs, outputs) as (name, numpy type); BundleError for a tensor that is
+    not on the device or of a type the runtime copies."""
+    inputs, outputs = [], []
+    for i in range(engine.num_io_tensors):
+        tensor = engine.get_tensor_name(i)
+        dtype = _NUMPY_OF.get(getattr(engine.get_tensor_dtype(tensor), "name", ""))
+        if dtype is None or engine.get_tensor_location(tensor) != trt.TensorLocation.DEVICE:
+            raise BundleError(f"{path}: the engine's {tensor} is not a device tensor of a type "
+                              f"the runtime copies ({', '.join(_NUMPY_OF)}); {REBUILD}")
+        is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
+        (inputs if is_input else outputs).append((tensor, np.dtype(dtype)))
+    return inputs, outputs
 
 
 def _enqueue(context, stream, who: str) -> None:
@@ -390,94 +408,117 @@ class TensorRTState:
 class TensorRTGraphs:
     """Engines with host inputs and outputs, each run whole per call, one at a time: the VQGAN
     decoder's (decoder engine "tensorrt" in runtime/tiled_decode.py: the whole-image engine and
-    the tiled decoder's step engines). They share one stream, one scratch for their activations
-    (contexts without memory of their own, given the largest engine's need) and one device
-    buffer per tensor name, sized for the largest shape any engine's profile allows; every
-    buffer is bound to every context once. So the device holds one step's memory, not one per
-    step. A call sets the input shapes, copies in, runs and copies out under a lock (a decoder
-    is shared across threads)."""
+    the tiled decoder's step engines). Each engine is deserialized and its inputs and outputs
+    checked when this is made; its context has no memory of its own (USER_MANAGED). Memory is
+    sized by use: a call sets its input shapes, asks what activation memory they need
+    (update_device_memory_size_for_shapes) and grows the one scratch all contexts share, and the
+    one buffer per tensor name, to fit, releasing the outgrown block; a context is re-bound
+    only when a block it uses has moved. So the device holds what the largest call needed: a
+    process that decodes in tiles never holds the whole-image engine's activations. Everything
+    runs on one stream under a lock (a decoder is shared across threads)."""
 
-    def __init__(self, bundle: Bundle, names: Sequence[str]):
+    def __init__(self, bundle: Bundle, names: Sequence[str], who: str = DECODER):
         import tensorrt as trt
+        self._who = who
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._stream = _native.DeviceStream()
         self._lock = threading.Lock()
-        engines = {name: load_engine(trt, self._runtime, bundle, name) for name in names}
         strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        self._contexts, self._io = {}, {}
-        nbytes: Dict[str, int] = {}  # tensor name -> the most bytes any engine needs for it
-        scratch = 0
-        for name, (engine, path) in engines.items():
-            context = _new_context(engine, DECODER, strategy)
-            inputs, outputs = [], []
-            for i in range(engine.num_io_tensors):
-                tensor = engine.get_tensor_name(i)
-                dtype = _NUMPY_OF.get(getattr(engine.get_tensor_dtype(tensor), "name", ""))
-                if (dtype is None
-                        or engine.get_tensor_location(tensor) != trt.TensorLocation.DEVICE):
-                    raise BundleError(f"{path}: the engine's {tensor} is not a device tensor of "
-                                      f"a type the runtime copies ({', '.join(_NUMPY_OF)}); "
-                                      f"{REBUILD}")
-                is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
-                (inputs if is_input else outputs).append((tensor, np.dtype(dtype)))
-                if is_input:
-                    _set_shape(context, tensor,
-                               tuple(engine.get_tensor_profile_shape(tensor, 0)[2]), DECODER)
-            for tensor, dtype in inputs + outputs:  # outputs at the profile's largest inputs
-                size = max(1, int(np.prod(tuple(context.get_tensor_shape(tensor)))))
-                nbytes[tensor] = max(nbytes.get(tensor, 0), size * dtype.itemsize)
-            scratch = max(scratch, _scratch_bytes(engine))
-            self._contexts[name] = context
-            self._io[name] = (inputs, outputs)
-        self._scratch = self._stream.allocate(max(1, scratch))
-        self._address = {tensor: self._stream.allocate(size) for tensor, size in nbytes.items()}
-        for name, context in self._contexts.items():
-            _use_scratch(context, self._scratch, scratch)
-            inputs, outputs = self._io[name]
-            for tensor, _ in inputs + outputs:
-                _bind(context, tensor, self._address[tensor], DECODER)
+        self._engines, self._contexts, self._io, self._paths = {}, {}, {}, {}
+        for name in names:
+            engine, path = load_engine(trt, self._runtime, bundle, name)
+            self._io[name] = _host_io(trt, engine, path)
+            self._paths[name] = path
+            self._engines[name] = engine
+            self._contexts[name] = _new_context(engine, who, strategy)
+        self._blocks: Dict[str, Tuple[int, int]] = {}  # "scratch" or tensor -> (address, bytes)
+        self._bound: Dict[str, Dict[str, Tuple[int, int]]] = {name: {} for name in names}
 
-    def run(self, name: str, feeds: Dict[str, np.ndarray], outputs: Sequence[str]
-            ) -> List[np.ndarray]:
+    def run(self, name: str, feeds: Dict[str, np.ndarray], outputs: Sequence[str],
+            remedy: str = REBUILD_LARGER) -> List[np.ndarray]:
         """Engine `name` on input name -> array (converted to the engine's type) -> the named
-        outputs, in that order."""
-        s = self._stream
-        context = self._contexts[name]
+        outputs, in that order. remedy: what a refused input shape's message suggests."""
+        s, context = self._stream, self._contexts[name]
         inputs, produced = self._io[name]
-        dtype_of = dict(produced)
         with self._lock:
+            arrays = []
             for tensor, dtype in inputs:
                 array = np.ascontiguousarray(feeds[tensor], dtype=dtype)
-                _set_shape(context, tensor, array.shape, DECODER)
-                s.upload(self._address[tensor], _host_bytes(array))
-            _enqueue(context, s, DECODER)
+                _set_shape(context, tensor, array.shape, self._who, remedy)
+                arrays.append((tensor, array))
+            shapes = {tensor: tuple(context.get_tensor_shape(tensor)) for tensor, _ in produced}
+            for tensor, shape in shapes.items():
+                if any(d < 0 for d in shape):
+                    raise BundleError(f"{self._paths[name]}: TensorRT cannot size its output "
+                                      f"{tensor} ({list(shape)}); {REBUILD}")
+            self._use(name, "scratch", self._scratch_need(name))
+            for tensor, array in arrays:
+                s.upload(self._use(name, tensor, array.nbytes), _host_bytes(array))
+            dtype_of = dict(produced)
+            for tensor, shape in shapes.items():
+                self._use(name, tensor, int(np.prod(shape)) * dtype_of[tensor].itemsize)
+            _enqueue(context, s, self._who)
             results = []
             for tensor in outputs:
-                out = np.empty(tuple(context.get_tensor_shape(tensor)), dtype=dtype_of[tensor])
-                s.download(_host_bytes(out), self._address[tensor])
+                out = np.empty(shapes[tensor], dtype=dtype_of[tensor])
+                s.download(_host_bytes(out), self._blocks[tensor][0])
                 results.append(out)
             return results
 
-    def runner(self, name: str, outputs: Sequence[str]) -> "TensorRTRunner":
+    def _scratch_need(self, name: str) -> int:
+        """Activation bytes engine `name` needs at the input shapes just set (its profile's
+        largest where this TensorRT cannot say)."""
+        context = self._contexts[name]
+        if hasattr(context, "update_device_memory_size_for_shapes"):
+            return int(context.update_device_memory_size_for_shapes())
+        return _scratch_bytes(self._engines[name])
+
+    def _use(self, name: str, key: str, nbytes: int) -> int:
+        """The block `key` (the scratch or a tensor's buffer), grown to at least nbytes and
+        bound to engine `name`'s context -> its address."""
+        address, size = self._blocks.get(key, (0, 0))
+        if nbytes > size:
+            if size:
+                self._stream.release(address)
+                del self._blocks[key]
+            try:
+                address, size = self._stream.allocate(max(1, nbytes)), max(1, nbytes)
+            except (ValueError, RuntimeError) as e:
+                raise RequestError(f"{self._who}: cannot allocate {nbytes / 2 ** 20:.0f} MiB "
+                                   f"of GPU memory for {key} ({e}); decode fewer or smaller "
+                                   "images at once, or in tiles (--tile, --max-memory)") from None
+            self._blocks[key] = (address, size)
+        if self._bound[name].get(key) != (address, size):
+            context = self._contexts[name]
+            if key == "scratch":
+                _use_scratch(context, address, size)
+            else:
+                _bind(context, key, address, self._who)
+            self._bound[name][key] = (address, size)
+        return address
+
+    def runner(self, name: str, outputs: Sequence[str], remedy: str = REBUILD_LARGER
+               ) -> "TensorRTRunner":
         if sorted(outputs) != sorted(tensor for tensor, _ in self._io[name][1]):
             have = ", ".join(tensor for tensor, _ in self._io[name][1])
             raise BundleError(f"the {name} TensorRT engine's outputs are {have}, not "
                               f"{', '.join(outputs)}; {REBUILD}")
-        return TensorRTRunner(self, name, tuple(outputs))
+        return TensorRTRunner(self, name, tuple(outputs), remedy)
 
 
 class TensorRTRunner:
     """One of TensorRTGraphs' engines with the interface of the tiled decoder's other engines:
     run(feeds) -> the outputs in the graph's order."""
 
-    def __init__(self, graphs: TensorRTGraphs, name: str, outputs: Tuple[str, ...]):
-        self._graphs, self._name, self._outputs = graphs, name, outputs
+    def __init__(self, graphs: TensorRTGraphs, name: str, outputs: Tuple[str, ...],
+                 remedy: str):
+        self._graphs, self._name, self._outputs, self._remedy = graphs, name, outputs, remedy
 
     def providers(self) -> Tuple[str, ...]:
         return ("TensorRT",)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        return self._graphs.run(self._name, feeds, self._outputs)
+        return self._graphs.run(self._name, feeds, self._outputs, self._remedy)
 
 
 class TensorRTBackend:

@@ -47,6 +47,10 @@ TILE_TENSOR_LIMIT = 4 << 20
 # (each tile is one engine launch and two copies over PCIe); 254 x 254 pixels of a 128-channel
 # level. It also fixes the largest tile each engine's profile takes (tile_engine_profiles).
 TENSORRT_TILE_TENSOR_LIMIT = 32 << 20
+SMALLEST_TILE_TENSOR_LIMIT = TILE_TENSOR_LIMIT >> 9  # the last a memory budget tries
+# What a step engine's refusal of a tile says: the plan never makes tiles beyond the profiles.
+STEP_REFUSED = ("the tile plan made a tile outside the step engine's profile, which is a vqrt "
+                "bug: please report it, and use --decoder-engine onnxruntime meanwhile")
 # Tile temporaries over one step's estimate: freed temporaries of earlier steps stay in glibc's
 # heaps (the engines' threads have their own), and steps' tiles differ in size, so the resident
 # set grows past one step's needs: 2.4x at 1024x1024 with per-step tiles (BENCHMARKS.md).
@@ -157,8 +161,9 @@ def _tile_side(batch: int, channels: int, limit: int) -> int:
 def tile_engine_profiles(steps: Sequence, max_batch: int, max_latent: Tuple[int, int]
                          ) -> Dict[str, Dict[str, ShapeRange]]:
     """Engine name -> input -> (min, opt, max) shapes for each conv step's TensorRT engine:
-    batch 1..max_batch, tiles from 1 pixel to TENSORRT_TILE_TENSOR_LIMIT's side at batch 1
-    (within the level's extent at max_latent); `opt` is batch 1 at the largest tile."""
+    batch 1..max_batch, square tiles from 1 pixel to TENSORRT_TILE_TENSOR_LIMIT's side at
+    batch 1 (within the level's longer extent at max_latent); `opt` is batch 1 at the largest
+    tile. (Device memory follows the shapes run, not these: runtime/tensorrt_backend.py.)"""
     def span(per_image: Tuple[int, ...], low: Tuple[int, ...], top: Tuple[int, ...],
              batched: bool = True) -> ShapeRange:
         """[B, *per_image, *spatial]: B 1..max_batch (or 1), spatial low..top, opt at top."""
@@ -172,7 +177,7 @@ def tile_engine_profiles(steps: Sequence, max_batch: int, max_latent: Tuple[int,
         if not isinstance(step, ConvStep):
             continue
         side = _tile_side(1, _widest_channels(step), TENSORRT_TILE_TENSOR_LIMIT)
-        high = (min(side, max_latent[0] * scale), min(side, max_latent[1] * scale))
+        high = (min(side, max(max_latent) * scale),) * 2
         halo, up = step.kernel // 2, 2 if step.upsample else 1
         haloed = tuple(t + 2 * halo for t in high)
         profile = {"x": span((step.in_channels,), (1 + 2 * halo,) * 2, haloed)}
@@ -374,23 +379,31 @@ class TiledDecoder:
         convs = [s for s in self.steps if isinstance(s, ConvStep)]
         # conv step -> the largest tile side its engine takes (engines with a profile only)
         self._largest_tile: Dict[str, int] = {}
+        self.tile_limit = TILE_TENSOR_LIMIT
         if engine == "tensorrt":
-            graphs = TensorRTGraphs(bundle, ["decoder"] + [tile_engine_name(s) for s in convs])
-            self._whole = graphs.runner("decoder", ("image",))
-            self.runners = {s.name: graphs.runner(tile_engine_name(s), ("y", "mean", "m2"))
-                            for s in convs}
             engines = bundle.manifest.tensorrt.engines
-            for s in convs:
-                x = engines[tile_engine_name(s)].profile["x"].max
-                self._largest_tile[s.name] = max(x[2:]) - 2 * (s.kernel // 2)
-            self.tile_limit = TENSORRT_TILE_TENSOR_LIMIT
+            # A bundle whose step engines TensorRT refused (export/build.py) tiles on ONNX
+            # Runtime.
+            steps_built = all(tile_engine_name(s) in engines for s in convs)
+            graphs = TensorRTGraphs(bundle, ["decoder"] + (
+                [tile_engine_name(s) for s in convs] if steps_built else []))
+            self._whole = graphs.runner("decoder", ("image",))
+            if steps_built:
+                self.runners = {s.name: graphs.runner(tile_engine_name(s), ("y", "mean", "m2"),
+                                                      STEP_REFUSED) for s in convs}
+                for s in convs:
+                    x = engines[tile_engine_name(s)].profile["x"].max
+                    self._largest_tile[s.name] = x[2] - 2 * (s.kernel // 2)
+                self.tile_limit = TENSORRT_TILE_TENSOR_LIMIT
+            else:
+                self.runners = {s.name: _OrtGraph(bundle.file(s.graph), providers, device,
+                                                  num_threads, True) for s in convs}
             # The whole-image engine's profile covers every latent up to the bundle's max:
             # decode whole unless a tile or a memory budget asks for tiles.
             self.whole_side = max(bundle.manifest.limits.max_latent)
         else:
             self._whole = compile_graph(bundle.graph_path("decoder"), False)
             self.runners = {s.name: compile_graph(bundle.file(s.graph), True) for s in convs}
-            self.tile_limit = TILE_TENSOR_LIMIT
             self.whole_side = WHOLE_GRAPH_SIDE
 
     @property
@@ -487,9 +500,10 @@ class TiledDecoder:
                 shapes, self._step_tiles(shapes, h))
         if tile is None and whole.peak_bytes <= max_memory:
             return whole
+        limits = [self.tile_limit >> k for k in range(16)
+                  if self.tile_limit >> k >= SMALLEST_TILE_TENSOR_LIMIT]
         candidates = ([self._step_tiles(shapes, h, tile)] if tile is not None else
-                      [self._step_tiles(shapes, h, limit=self.tile_limit >> k)
-                       for k in range(10)])
+                      [self._step_tiles(shapes, h, limit=limit) for limit in limits])
         for tiles in candidates:
             result = self._tiled(shapes, tiles)
             if max_memory is None or result.peak_bytes <= max_memory:

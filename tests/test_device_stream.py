@@ -53,6 +53,23 @@ def test_copies_rows_and_int64_add():
 
 
 @needs_gpu
+def test_released_memory_is_refused_and_graphs_forbid_release():
+    s = _native.DeviceStream()
+    a, b = s.allocate(64), s.allocate(64)
+    s.upload(a, as_bytes(np.ones(16, dtype=np.float32)))  # enqueued: release waits for it
+    s.release(a)
+    with pytest.raises(ValueError, match="not inside memory this DeviceStream allocated"):
+        s.fill_zero(a, 64)
+    with pytest.raises(ValueError, match="is not an allocation of this DeviceStream"):
+        s.release(a)
+    s.begin_capture()
+    s.fill_zero(b, 64)
+    s.end_capture()
+    with pytest.raises(ValueError, match="captured graphs"):
+        s.release(b)
+
+
+@needs_gpu
 def test_addresses_outside_its_memory_are_refused():
     s = _native.DeviceStream()
     a = s.allocate(64)

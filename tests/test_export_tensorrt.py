@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Union
 
 import onnx
 import pytest
@@ -113,7 +114,7 @@ class FakeTensorRT:
         BF16 = "bf16"
         TF32 = "tf32"
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail: Union[bool, str] = False):  # str: refuse graphs whose file has it
         self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # torch looks for one
         self.calls = []
         self.fail = fail
@@ -171,7 +172,9 @@ class FakeTensorRT:
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                return None if fake.fail else f"engine of {network.source}".encode()
+                refused = (fake.fail is True or isinstance(fake.fail, str)
+                           and fake.fail in network.source)
+                return None if refused else f"engine of {network.source}".encode()
 
         class OnnxParser:
             num_errors = 0
@@ -220,6 +223,7 @@ def test_engine_glue_with_a_stand_in(fake_tensorrt, tmp_path):
     assert (out / conv_out.file).read_bytes() == f"engine of {Path(conv_out.graph).name}".encode()
     assert conv_out.graph.startswith("tiled_decoder/") and (out / conv_out.graph).is_file()
     assert set(conv_out.profile) == {"x", "inside", "scale", "shift"}
+    assert conv_out.precision == "fp32" and engines["decoder"].precision == "fp16"
     assert ("network", 1 << 5) in fake.calls  # fp16: strongly typed
     assert ("shape", "kv_cache", (2, 2, 1, 4, 65, 12), (2, 2, 1, 4, 65, 12),
             (2, 2, 8, 4, 65, 12)) in fake.calls
@@ -244,3 +248,20 @@ def test_auto_falls_back_when_an_engine_fails(fake_tensorrt, tmp_path):
                      BuildOptions(precision="bf16", backend="tensorrt"),
                      config=GOLDEN / "transformer.yaml", log=lambda line: None)
     assert not (tmp_path / "b2").exists()
+
+
+@pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(), reason=f"no golden data at {GOLDEN}")
+def test_a_refused_step_engine_costs_only_the_step_engines(fake_tensorrt, tmp_path):
+    fake_tensorrt(fail="conv_out")  # TensorRT refuses one tiled-decoder step graph
+    out = tmp_path / "bundle"
+    build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(backend="tensorrt"),
+                 config=GOLDEN / "transformer.yaml", log=lambda line: None)
+    manifest = load_bundle(out).manifest
+    assert set(manifest.tensorrt.engines) == set(manifest.graphs)  # the graphs' engines stay
+    assert not (out / tensorrt_engines.STEP_ENGINE_DIR).exists()
+    assert any(note.startswith("TensorRT step engines not built (TensorRT could not build an "
+                               "engine from ") and "decoder.conv_out" in note
+               for note in manifest.notes)
+    # What the engines built before the refusal timed is kept for the next build.
+    assert tensorrt_engines.timing_cache_path(ENV).read_bytes().count(b"+") > len(
+        manifest.graphs)

@@ -239,6 +239,10 @@ class StandInStream:
         self._blocks[address] = np.zeros(nbytes, np.uint8)
         return address
 
+    def release(self, address):
+        assert self._recording is None and not self.graphs
+        del self._blocks[address]
+
     def upload(self, address, host):
         data, target = host.copy(), self.view(address, len(host))
         self.enqueue(lambda: target.__setitem__(slice(None), data))
@@ -396,7 +400,7 @@ class StandInOnnxEngine:
         self.path, self.profile = path, profile
         self.inputs = [(t.name, _TRT_TYPE[t.type.tensor_type.elem_type]) for t in graph.input]
         self.outputs = [(t.name, _TRT_TYPE[t.type.tensor_type.elem_type]) for t in graph.output]
-        self.device_memory_size_v2 = 4096
+        self.device_memory_size_v2 = 1 << 30  # the profile's largest: never what is asked
         self.session = None  # opened on the first run
 
     @property
@@ -458,13 +462,19 @@ class StandInOnnxContext:
         self.address[name] = address
         return True
 
+    def update_device_memory_size_for_shapes(self):
+        """A need that grows with the shapes, as TensorRT's does."""
+        names = [name for name, _ in self.engine.inputs + self.engine.outputs]
+        return 64 * sum(int(np.prod(self.get_tensor_shape(name))) for name in names)
+
     def set_device_memory(self, address, nbytes):
         self.scratch = (address, nbytes)
 
     def execute_async_v3(self, handle):
         stream = StandInStream.streams[handle]
-        assert self.scratch is not None and self.scratch[1] >= self.engine.device_memory_size_v2
-        stream.view(*self.scratch)  # inside an allocation
+        need = self.update_device_memory_size_for_shapes()
+        assert self.scratch is not None and self.scratch[1] >= need
+        stream.view(self.scratch[0], need)  # inside a live allocation
 
         def read(name, shape, dtype):
             nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -536,8 +546,52 @@ def test_the_decoder_engines_decode_whole_and_tiled_as_onnxruntime(stand_in_bund
         np.testing.assert_array_equal(engines.decode(codes, tile=tile),
                                       graphs.decode(codes, tile=tile))
     with pytest.raises(RequestError, match=r"refuses indices of shape \[9, 8, 8\] \(outside "
-                                           r"its optimization profile\)"):
+                                           r"its optimization profile\); rebuild the bundle "
+                                           r"with larger --max-batch"):
         engines._whole.run({"indices": np.zeros((9, 8, 8), np.int64)})
+
+
+@needs_golden
+def test_device_memory_follows_the_calls_made(stand_in_bundle, monkeypatch):
+    """Tiles only: no whole-image buffer or activations on the device; blocks grow to the
+    largest call and outgrown ones are released."""
+    stand_in_decoder_engines(monkeypatch, stand_in_bundle)
+    engines, _ = _decoders(stand_in_bundle)
+    graphs = engines._whole._graphs
+    codes = np.random.default_rng(5).integers(0, 256, (1, 8, 8))
+    engines.decode(codes, tile=2)
+    assert "indices" not in graphs._blocks and "image" not in graphs._blocks
+    tiled_scratch = graphs._blocks["scratch"][1]
+    engines.decode(np.repeat(codes, 8, axis=0))  # whole, the largest batch: the scratch grows
+    assert graphs._blocks["scratch"][1] > tiled_scratch and "image" in graphs._blocks
+    live = StandInStream.streams[graphs._stream.handle]._blocks
+    assert sorted(live) == sorted(address for address, _ in graphs._blocks.values())
+    engines.decode(codes, tile=2)  # contexts bound to moved blocks are re-bound
+
+
+def _stand_in_build(out: Path, **fake) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "tensorrt", FakeTensorRT(**fake))
+        patch.setattr(tensorrt_engines, "probe", lambda: ENV)
+        patch.setenv("VQRT_CACHE_DIR", str(out.parent / "cache"))
+        with one_torch_thread():
+            build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(backend="tensorrt"),
+                         config=GOLDEN / "transformer.yaml", log=lambda line: None)
+
+
+@needs_golden
+def test_without_step_engines_tiles_run_on_onnxruntime(tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    _stand_in_build(out, fail="conv_out")  # TensorRT refused a step: no step engines
+    stand_in_decoder_engines(monkeypatch, out)
+    engines, graphs = _decoders(out)
+    assert engines.providers == ("TensorRT",)  # the whole-image engine
+    assert all(runner.providers() == ("CPUExecutionProvider",)
+               for runner in engines.runners.values())
+    codes = np.random.default_rng(6).integers(0, 256, (2, 8, 8))
+    for tile in (None, 3):
+        np.testing.assert_array_equal(engines.decode(codes, tile=tile),
+                                      graphs.decode(codes, tile=tile))
 
 
 @needs_golden
@@ -547,16 +601,9 @@ def test_tiles_stay_within_the_step_engines_profiles(tmp_path, monkeypatch):
     (the stand-in refuses any other), whatever the batch, tile or budget asked for."""
     from vqrt.runtime import tiled_decode
     out = tmp_path / "bundle"
-    with monkeypatch.context() as patch:
-        patch.setattr(tiled_decode, "TENSORRT_TILE_TENSOR_LIMIT", 64 << 10)
-        patch.setitem(sys.modules, "tensorrt", FakeTensorRT())
-        patch.setattr(tensorrt_engines, "probe", lambda: ENV)
-        patch.setenv("VQRT_CACHE_DIR", str(tmp_path / "cache"))
-        with one_torch_thread():
-            build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(backend="tensorrt"),
-                         config=GOLDEN / "transformer.yaml", log=lambda line: None)
-    stand_in_decoder_engines(monkeypatch, out)
     monkeypatch.setattr(tiled_decode, "TENSORRT_TILE_TENSOR_LIMIT", 64 << 10)
+    _stand_in_build(out)
+    stand_in_decoder_engines(monkeypatch, out)
     engines, graphs = _decoders(out)
     largest = max(engines._largest_tile.values())
     assert largest < 64 and min(engines._largest_tile.values()) >= 1

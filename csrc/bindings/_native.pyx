@@ -394,6 +394,12 @@ cdef class DeviceStream:
         """nbytes of zeroed device memory, freed with the stream -> its address."""
         return self._stream.allocate(nbytes)
 
+    def release(self, uintptr_t address):
+        """Frees an allocation once everything enqueued has run (never on a stream that
+        captured graphs)."""
+        with nogil:
+            self._stream.release(address)
+
     def upload(self, uintptr_t device, const unsigned char[::1] host):
         """Enqueues a copy of host to device."""
         cdef size_t n = host.shape[0]

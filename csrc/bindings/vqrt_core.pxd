@@ -122,6 +122,7 @@ cdef extern from "device_stream.h" namespace "vqrt" nogil:
         DeviceStream() except +
         uintptr_t handle()
         uintptr_t allocate(size_t bytes) except +
+        void release(uintptr_t address) except +
         void upload(uintptr_t device, const void* host, size_t bytes) except +
         void download(void* host, uintptr_t device, size_t bytes) except +
         void fill_zero(uintptr_t device, size_t bytes) except +

@@ -78,6 +78,19 @@ uintptr_t DeviceStream::allocate(size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr);
 }
 
+void DeviceStream::release(uintptr_t address) {
+  State& s = *state_;
+  VQRT_CHECK(!s.capturing && s.graphs.empty(),
+             "release: not on a stream with captured graphs, which may still read the memory");
+  auto it = s.allocations.find(address);
+  VQRT_CHECK(it != s.allocations.end(), "release: device address 0x"
+                                            << std::hex << address << std::dec
+                                            << " is not an allocation of this DeviceStream");
+  VQRT_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // enqueued work may still use it
+  s.allocations.erase(it);
+  VQRT_CUDA_CHECK(cudaFree(reinterpret_cast<void*>(address)));
+}
+
 void DeviceStream::upload(uintptr_t device, const void* host, size_t bytes) {
   state_->check_span(device, bytes, "upload");
   VQRT_CHECK(host != nullptr || bytes == 0, "upload: host is null");
