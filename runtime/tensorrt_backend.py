@@ -451,7 +451,7 @@ class TensorRTGraphs:
                 if any(d < 0 for d in shape):
                     raise BundleError(f"{self._paths[name]}: TensorRT cannot size its output "
                                       f"{tensor} ({list(shape)}); {REBUILD}")
-            self._use(name, "scratch", self._scratch_need(name))
+            self._use(name, "scratch", max(1, self._scratch_need(name)))
             for tensor, array in arrays:
                 s.upload(self._use(name, tensor, array.nbytes), _host_bytes(array))
             dtype_of = dict(produced)

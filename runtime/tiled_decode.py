@@ -377,34 +377,31 @@ class TiledDecoder:
             return _OrtGraph(path, providers, device, num_threads, one_of_many)
 
         convs = [s for s in self.steps if isinstance(s, ConvStep)]
-        # conv step -> the largest tile side its engine takes (engines with a profile only)
-        self._largest_tile: Dict[str, int] = {}
-        self.tile_limit = TILE_TENSOR_LIMIT
+        engines = bundle.manifest.tensorrt.engines if engine == "tensorrt" else {}
+        # A bundle whose step engines TensorRT refused (export/build.py) tiles on ONNX Runtime.
+        steps_built = bool(engines) and all(tile_engine_name(s) in engines for s in convs)
         if engine == "tensorrt":
-            engines = bundle.manifest.tensorrt.engines
-            # A bundle whose step engines TensorRT refused (export/build.py) tiles on ONNX
-            # Runtime.
-            steps_built = all(tile_engine_name(s) in engines for s in convs)
             graphs = TensorRTGraphs(bundle, ["decoder"] + (
                 [tile_engine_name(s) for s in convs] if steps_built else []))
             self._whole = graphs.runner("decoder", ("image",))
-            if steps_built:
-                self.runners = {s.name: graphs.runner(tile_engine_name(s), ("y", "mean", "m2"),
-                                                      STEP_REFUSED) for s in convs}
-                for s in convs:
-                    x = engines[tile_engine_name(s)].profile["x"].max
-                    self._largest_tile[s.name] = x[2] - 2 * (s.kernel // 2)
-                self.tile_limit = TENSORRT_TILE_TENSOR_LIMIT
-            else:
-                self.runners = {s.name: _OrtGraph(bundle.file(s.graph), providers, device,
-                                                  num_threads, True) for s in convs}
             # The whole-image engine's profile covers every latent up to the bundle's max:
             # decode whole unless a tile or a memory budget asks for tiles.
             self.whole_side = max(bundle.manifest.limits.max_latent)
         else:
             self._whole = compile_graph(bundle.graph_path("decoder"), False)
-            self.runners = {s.name: compile_graph(bundle.file(s.graph), True) for s in convs}
             self.whole_side = WHOLE_GRAPH_SIDE
+        # conv step -> the largest tile side its engine takes (step engines only)
+        self._largest_tile: Dict[str, int] = {}
+        if steps_built:
+            self.runners = {s.name: graphs.runner(tile_engine_name(s), ("y", "mean", "m2"),
+                                                  STEP_REFUSED) for s in convs}
+            for s in convs:
+                x = engines[tile_engine_name(s)].profile["x"].max
+                self._largest_tile[s.name] = x[2] - 2 * (s.kernel // 2)
+            self.tile_limit = TENSORRT_TILE_TENSOR_LIMIT
+        else:
+            self.runners = {s.name: compile_graph(bundle.file(s.graph), True) for s in convs}
+            self.tile_limit = TILE_TENSOR_LIMIT
 
     @property
     def providers(self) -> Tuple[str, ...]:
