@@ -408,8 +408,9 @@ class TensorRTState:
 class TensorRTGraphs:
     """Engines with host inputs and outputs, each run whole per call, one at a time: the VQGAN
     decoder's (decoder engine "tensorrt" in runtime/tiled_decode.py: the whole-image engine and
-    the tiled decoder's step engines). Each engine is deserialized and its inputs and outputs
-    checked when this is made; its context has no memory of its own (USER_MANAGED). Memory is
+    the tiled decoder's step engines). An engine is deserialized, its inputs and outputs
+    checked and its context made (without memory of its own: USER_MANAGED) when its runner is
+    made with load_now, else on its first run: step engines load only if a plan tiles. Memory is
     sized by use: a call sets its input shapes, asks what activation memory they need
     (update_device_memory_size_for_shapes) and grows the one scratch all contexts share, and the
     one buffer per tensor name, to fit, releasing the outgrown block; a context is re-bound
@@ -417,30 +418,48 @@ class TensorRTGraphs:
     process that decodes in tiles never holds the whole-image engine's activations. Everything
     runs on one stream under a lock (a decoder is shared across threads)."""
 
-    def __init__(self, bundle: Bundle, names: Sequence[str], who: str = DECODER):
+    def __init__(self, bundle: Bundle, who: str = DECODER):
         import tensorrt as trt
-        self._who = who
+        self._trt, self._bundle, self._who = trt, bundle, who
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._stream = _native.DeviceStream()
         self._lock = threading.Lock()
-        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        self._engines, self._contexts, self._io, self._paths = {}, {}, {}, {}
-        for name in names:
-            engine, path = load_engine(trt, self._runtime, bundle, name)
-            self._io[name] = _host_io(trt, engine, path)
-            self._paths[name] = path
-            self._engines[name] = engine
-            self._contexts[name] = _new_context(engine, who, strategy)
+        self._engines, self._contexts, self._io, self._paths = {}, {}, {}, {}  # loaded ones
         self._blocks: Dict[str, Tuple[int, int]] = {}  # "scratch" or tensor -> (address, bytes)
-        self._bound: Dict[str, Dict[str, Tuple[int, int]]] = {name: {} for name in names}
+        self._bound: Dict[str, Dict[str, Tuple[int, int]]] = {}  # engine -> block -> bound
+
+    def runner(self, name: str, outputs: Sequence[str], remedy: str = REBUILD_LARGER,
+               load_now: bool = False) -> "TensorRTRunner":
+        """Engine `name` with outputs `outputs` (checked when it loads: now with load_now, else
+        on its first run); remedy: what a refused input shape's message suggests."""
+        if load_now:
+            with self._lock:
+                self._load(name, outputs)
+        return TensorRTRunner(self, name, tuple(outputs), remedy)
+
+    def _load(self, name: str, outputs: Sequence[str]) -> None:
+        if name in self._contexts:
+            return
+        trt = self._trt
+        engine, path = load_engine(trt, self._runtime, self._bundle, name)
+        inputs, produced = _host_io(trt, engine, path)
+        if sorted(outputs) != sorted(tensor for tensor, _ in produced):
+            raise BundleError(f"{path}: the engine's outputs are "
+                              f"{', '.join(tensor for tensor, _ in produced)}, not "
+                              f"{', '.join(outputs)}; {REBUILD}")
+        context = _new_context(engine, self._who,
+                               trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        self._engines[name], self._paths[name], self._io[name] = engine, path, (inputs, produced)
+        self._contexts[name], self._bound[name] = context, {}
 
     def run(self, name: str, feeds: Dict[str, np.ndarray], outputs: Sequence[str],
             remedy: str = REBUILD_LARGER) -> List[np.ndarray]:
         """Engine `name` on input name -> array (converted to the engine's type) -> the named
         outputs, in that order. remedy: what a refused input shape's message suggests."""
-        s, context = self._stream, self._contexts[name]
-        inputs, produced = self._io[name]
         with self._lock:
+            self._load(name, outputs)
+            s, context = self._stream, self._contexts[name]
+            inputs, produced = self._io[name]
             arrays = []
             for tensor, dtype in inputs:
                 array = np.ascontiguousarray(feeds[tensor], dtype=dtype)
@@ -497,13 +516,6 @@ class TensorRTGraphs:
             self._bound[name][key] = (address, size)
         return address
 
-    def runner(self, name: str, outputs: Sequence[str], remedy: str = REBUILD_LARGER
-               ) -> "TensorRTRunner":
-        if sorted(outputs) != sorted(tensor for tensor, _ in self._io[name][1]):
-            have = ", ".join(tensor for tensor, _ in self._io[name][1])
-            raise BundleError(f"the {name} TensorRT engine's outputs are {have}, not "
-                              f"{', '.join(outputs)}; {REBUILD}")
-        return TensorRTRunner(self, name, tuple(outputs), remedy)
 
 
 class TensorRTRunner:

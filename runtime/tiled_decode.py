@@ -343,8 +343,9 @@ class TiledDecoder:
     engine "onnxruntime" (fp32, the CPU or CUDA provider), "openvino" (the CPU, bf16 arithmetic
     where the CPU has it: faster, not bit-comparable with fp32; needs the openvino package),
     "tensorrt" (the bundle's TensorRT engines on the GPU: the whole-image decoder engine for
-    every latent up to the bundle's max, one engine per conv step for tiles, all sharing one
-    set of device buffers; never run yet: no machine here has TensorRT) or "auto"
+    every latent up to the bundle's max, one engine per conv step for tiles, loaded when a plan
+    first tiles, all sharing one set of device buffers; never run yet: no machine here has
+    TensorRT) or "auto"
     (choose_engine)."""
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
@@ -381,9 +382,8 @@ class TiledDecoder:
         # A bundle whose step engines TensorRT refused (export/build.py) tiles on ONNX Runtime.
         steps_built = bool(engines) and all(tile_engine_name(s) in engines for s in convs)
         if engine == "tensorrt":
-            graphs = TensorRTGraphs(bundle, ["decoder"] + (
-                [tile_engine_name(s) for s in convs] if steps_built else []))
-            self._whole = graphs.runner("decoder", ("image",))
+            graphs = TensorRTGraphs(bundle)
+            self._whole = graphs.runner("decoder", ("image",), load_now=True)
             # The whole-image engine's profile covers every latent up to the bundle's max:
             # decode whole unless a tile or a memory budget asks for tiles.
             self.whole_side = max(bundle.manifest.limits.max_latent)

@@ -553,13 +553,15 @@ def test_the_decoder_engines_decode_whole_and_tiled_as_onnxruntime(stand_in_bund
 
 @needs_golden
 def test_device_memory_follows_the_calls_made(stand_in_bundle, monkeypatch):
-    """Tiles only: no whole-image buffer or activations on the device; blocks grow to the
-    largest call and outgrown ones are released."""
+    """Step engines load when a plan first tiles; tiles only: no whole-image buffer or
+    activations on the device; blocks grow to the largest call, outgrown ones are released."""
     stand_in_decoder_engines(monkeypatch, stand_in_bundle)
     engines, _ = _decoders(stand_in_bundle)
     graphs = engines._whole._graphs
+    assert set(graphs._contexts) == {"decoder"}
     codes = np.random.default_rng(5).integers(0, 256, (1, 8, 8))
     engines.decode(codes, tile=2)
+    assert len(graphs._contexts) == 1 + len(engines.runners)
     assert "indices" not in graphs._blocks and "image" not in graphs._blocks
     tiled_scratch = graphs._blocks["scratch"][1]
     engines.decode(np.repeat(codes, 8, axis=0))  # whole, the largest batch: the scratch grows
