@@ -1,6 +1,8 @@
 """The transformer stage on TensorRT (backend "tensorrt"): the bundle's transformer_prefill and
 transformer_step engines (export/tensorrt_engines.py), with every buffer on the device bound
 once, on one CUDA stream, the decode step replayed as a CUDA graph, and sampling on the device.
+Also the VQGAN decoder's engines (TensorRTGraphs, for decoder engine "tensorrt" in
+runtime/tiled_decode.py): host in, host out, device memory sized by the calls made.
 
 STATUS: written against the TensorRT 10 Python API documentation and never run: no machine this
 code was developed on had TensorRT (its tests skip with that reason). What it drives from our
