@@ -30,6 +30,13 @@ needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
+def default_sigint() -> None:
+    """Run in each child before exec: a job started in the background by a non-interactive
+    shell (a CI runner's nohup'd job) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; with the default disposition it does, as at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -51,7 +58,8 @@ def test_build_interrupted_leaves_no_bundle(tmp_path, signal_number):
     process = subprocess.Popen(
         [sys.executable, "-m", "vqrt", "build", str(GOLDEN / "model.ckpt"), "--config",
          str(GOLDEN / "transformer.yaml"), "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=default_sigint)
     staging = lambda: list(tmp_path.glob(".bundle.partial-*"))  # noqa: E731
     wait_for(lambda: any(p.iterdir() for p in staging()), 120, process)  # mid-write
     process.send_signal(signal_number)
@@ -110,7 +118,7 @@ def test_checkpoint_killed_mid_write(tmp_path, signal_number, delay):
     run, config = tmp_path / "run", tiny_vqgan_config(tmp_path / "tiny.yaml")
     process = subprocess.Popen([sys.executable, "-c", CHECKPOINT_LOOP, str(run), str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=ENV)
+                               env=ENV, preexec_fn=default_sigint)
     wait_for(lambda: latest_checkpoint(run) is not None, 120, process)
     time.sleep(delay)
     process.send_signal(signal_number)
