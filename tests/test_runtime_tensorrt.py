@@ -40,15 +40,21 @@ GREEDY = GenerationParams(greedy=True)
 def stand_in_bundle(tmp_path_factory):
     """A golden-set bundle whose engines a stand-in tensorrt "built" (files of fake bytes)."""
     out = tmp_path_factory.mktemp("trt-stand-in") / "bundle"
+    stand_in_build(out, "fp16")
+    return out
+
+
+def stand_in_build(out: Path, precision: str = "fp32", **fake) -> None:
+    """Builds golden set A with --backend tensorrt at `out`, a stand-in tensorrt (FakeTensorRT,
+    made with `fake`) "building" the engines."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "tensorrt", FakeTensorRT())
+        patch.setitem(sys.modules, "tensorrt", FakeTensorRT(**fake))
         patch.setattr(tensorrt_engines, "probe", lambda: ENV)
         patch.setenv("VQRT_CACHE_DIR", str(out.parent / "cache"))
         with one_torch_thread():
-            build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(precision="fp16",
-                                                                  backend="tensorrt"),
+            build_bundle(GOLDEN / "model.ckpt", out,
+                         BuildOptions(precision=precision, backend="tensorrt"),
                          config=GOLDEN / "transformer.yaml", log=lambda line: None)
-    return out
 
 
 @needs_golden
@@ -446,7 +452,7 @@ class StandInOnnxContext:
         return True
 
     def _feeds(self, read):
-        return {name: read(name, self.shape[name], np.dtype(_NUMPY[kind]))
+        return {name: read(name, self.shape[name], np.dtype(tensorrt_backend._NUMPY_OF[kind]))
                 for name, kind in self.engine.inputs}
 
     def get_tensor_shape(self, name):
@@ -485,9 +491,6 @@ class StandInOnnxContext:
                 stream.view(self.address[name], out.nbytes)[:] = out.reshape(-1).view(np.uint8)
         stream.enqueue(op)
         return True
-
-
-_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64}
 
 
 def stand_in_decoder_engines(monkeypatch, bundle_path: Path):
@@ -571,20 +574,10 @@ def test_device_memory_follows_the_calls_made(stand_in_bundle, monkeypatch):
     engines.decode(codes, tile=2)  # contexts bound to moved blocks are re-bound
 
 
-def _stand_in_build(out: Path, **fake) -> None:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "tensorrt", FakeTensorRT(**fake))
-        patch.setattr(tensorrt_engines, "probe", lambda: ENV)
-        patch.setenv("VQRT_CACHE_DIR", str(out.parent / "cache"))
-        with one_torch_thread():
-            build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(backend="tensorrt"),
-                         config=GOLDEN / "transformer.yaml", log=lambda line: None)
-
-
 @needs_golden
 def test_without_step_engines_tiles_run_on_onnxruntime(tmp_path, monkeypatch):
     out = tmp_path / "bundle"
-    _stand_in_build(out, fail="conv_out")  # TensorRT refused a step: no step engines
+    stand_in_build(out, fail="conv_out")  # TensorRT refused a step: no step engines
     stand_in_decoder_engines(monkeypatch, out)
     engines, graphs = _decoders(out)
     assert engines.providers == ("TensorRT",)  # the whole-image engine
@@ -604,7 +597,7 @@ def test_tiles_stay_within_the_step_engines_profiles(tmp_path, monkeypatch):
     from vqrt.runtime import tiled_decode
     out = tmp_path / "bundle"
     monkeypatch.setattr(tiled_decode, "TENSORRT_TILE_TENSOR_LIMIT", 64 << 10)
-    _stand_in_build(out)
+    stand_in_build(out)
     stand_in_decoder_engines(monkeypatch, out)
     engines, graphs = _decoders(out)
     largest = max(engines._largest_tile.values())
