@@ -253,12 +253,12 @@ def _model_sections(loaded: LoadedModel):
     return card, first_stage, transformer, tokenization, conditioning
 
 
-def _cond_size(loaded: LoadedModel) -> Optional[int]:
-    """Side of the condition the cond_encoder graph takes at training time."""
+def _cond_factor(loaded: LoadedModel) -> Optional[int]:
+    """The downsampling factor of the stage the cond_encoder graph encodes with."""
     if loaded.conditioning not in ("vq", "first_stage"):
         return None
     vq = loaded.first_stage if loaded.conditioning == "first_stage" else loaded.cond_stage
-    return vq.cfg.ddconfig.resolution
+    return vq.downsampling_factor
 
 
 def _file_entries(staging: Path) -> Tuple[FileEntry, ...]:
@@ -385,7 +385,7 @@ def build_bundle(checkpoint: PathLike, output: PathLike, options: BuildOptions,
             tensorrt, engine_notes = None, []
             if plan.tensorrt is not None:
                 profiles = tensorrt_engines.engine_profiles(
-                    graphs, first_stage, transformer, conditioning, _cond_size(loaded), limits)
+                    graphs, first_stage, transformer, conditioning, _cond_factor(loaded), limits)
                 sources = {name: graphs[name].file for name in profiles}
                 tensorrt, engine_notes = _build_engines(staging, sources, profiles, options,
                                                         plan, log)

@@ -5,11 +5,12 @@ was developed on had TensorRT or a GPU. Its tests skip with that reason. Treat t
 a GPU as the real test (scripts or `pytest tests/test_export_tensorrt.py` there).
 
 One engine per graph, each with one optimization profile: batch 1..max_batch, latent sizes from
-1 x 1 to the bundle's max latent, token counts 1..block_size; `opt` is batch 1 at the training
-size. Also one engine per conv step of the tiled decoder (engines/tiled_decoder/<step>.plan,
-fp32 whatever the bundle's precision, built after the others: export/build.py), for tiles from
-1 pixel to the largest the runtime asks for (runtime/tiled_decode.py, tile_engine_profiles), so
-decoder engine "tensorrt" runs tiled plans too. Precision:
+1 x 1 to the bundle's max latent (images and conditions up to the largest image), token counts
+1..block_size; `opt` is batch 1 at the training size. Also one engine per conv step of the
+tiled decoder (engines/tiled_decoder/<step>.plan, fp32 whatever the bundle's precision, built
+after the others: export/build.py), for tiles from 1 pixel to the largest the runtime asks for
+(runtime/tiled_decode.py, tile_engine_profiles), so decoder engine "tensorrt" runs tiled plans
+too. Precision:
   fp32  the fp32 graphs, TF32 off (so engines match the fp32 parity limits);
   fp16  the fp16 graphs in a strongly typed network: TensorRT keeps the graphs' fp32 islands
         (normalisation, softmax, argmin) instead of choosing precisions itself;
@@ -102,8 +103,10 @@ def timing_cache_path(env: TensorRTEnvironment) -> Path:
 
 def engine_profiles(graphs: Dict[str, GraphSpec], first_stage: FirstStageSpec,
                     transformer: Optional[TransformerSpec], conditioning: Optional[Conditioning],
-                    cond_size: Optional[int], limits: Limits) -> Dict[str, Dict[str, ShapeRange]]:
-    """graph name -> input -> (min, opt, max) shapes. Scalar inputs (position) need none."""
+                    cond_factor: Optional[int], limits: Limits
+                    ) -> Dict[str, Dict[str, ShapeRange]]:
+    """graph name -> input -> (min, opt, max) shapes. Scalar inputs (position) need none.
+    cond_factor: the cond stage's downsampling factor (bundles with a cond_encoder graph)."""
     f = first_stage.downsampling_factor
     train_h, train_w = first_stage.training_grid
     max_h, max_w = limits.max_latent
@@ -121,11 +124,13 @@ def engine_profiles(graphs: Dict[str, GraphSpec], first_stage: FirstStageSpec,
     }
     if "cond_encoder" in graphs:
         c = conditioning.cond_channels
-        # Conditions are encoded at the size they were trained at (the graph resizes first
-        # where the model says so): that size only.
-        profiles["cond_encoder"] = {"cond": span((1, c, cond_size, cond_size),
-                                                 (1, c, cond_size, cond_size),
-                                                 (batch, c, cond_size, cond_size))}
+        # A condition has the image's size (runtime/conditioning.py), from one cond-stage
+        # downsampling step to the largest image; a graph that first resizes
+        # (conditioning.cond_resize) takes any size up to that largest image.
+        low = 1 if conditioning.cond_resize else cond_factor
+        profiles["cond_encoder"] = {"cond": span((1, c, low, low),
+                                                 (1, c, train_h * f, train_w * f),
+                                                 (batch, c, max_h * f, max_w * f))}
     if transformer is not None:
         t = transformer
         kv = lambda b: (t.n_layer, 2, b, t.n_head, t.block_size, t.head_dim)  # noqa: E731

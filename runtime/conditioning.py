@@ -19,8 +19,9 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from vqrt.runtime.bundle import Bundle
-from vqrt.runtime.onnx_sessions import open_session
+from vqrt.runtime.first_stage import vqgan_graph
 from vqrt.runtime.params import RequestError
+from vqrt.runtime.tensorrt_backend import TensorRTGraphs
 
 ClassLabels = Union[int, Sequence[int], np.ndarray]
 
@@ -54,21 +55,34 @@ def batch_rows(given: int, batch_size: Optional[int], what: str) -> int:
 
 
 class Conditioner:
-    """Makes the prefix tokens of a request (read-only; the cond_encoder session is shared)."""
+    """Makes the prefix tokens of a request (read-only; the cond_encoder graph is shared).
+    engines: the VQGAN's TensorRT engines (FirstStage.engine_graphs, decoder engine
+    "tensorrt"), where the cond_encoder graph then runs, else on ONNX Runtime."""
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
-                 num_threads: int):
+                 num_threads: int, engines: Optional[TensorRTGraphs] = None):
         m = bundle.manifest
         self.rule = m.tokenization.prefix
         self.conditioning = m.conditioning
-        self._cond_encoder = (open_session(bundle.graph_path("cond_encoder"), providers, device,
-                                           num_threads) if self.rule == "cond_encoder" else None)
+        self.max_batch = m.limits.max_batch
+        self._cond_encoder = None
+        if self.rule == "cond_encoder":
+            # Rows are checked first (_encode_cond); what the engine's profile can still refuse
+            # is a condition larger than the largest image, which only a graph that resizes
+            # it (conditioning.cond_resize) accepts at all.
+            f = m.first_stage.downsampling_factor
+            largest = "x".join(str(side * f) for side in reversed(m.limits.max_latent))
+            self._cond_encoder = vqgan_graph(
+                bundle, "cond_encoder", ("cond_tokens",), engines, providers, device,
+                num_threads, load_now=True,
+                remedy=f"resize the condition to at most {largest} pixels (the bundle's largest "
+                       "image), or use decoder engine onnxruntime")
 
     @property
     def providers(self) -> Dict[str, Tuple[str, ...]]:
         if self._cond_encoder is None:
             return {}
-        return {"cond_encoder": tuple(self._cond_encoder.get_providers())}
+        return {"cond_encoder": self._cond_encoder.providers()}
 
     def describe(self) -> str:
         c = self.conditioning
@@ -139,8 +153,12 @@ class Conditioner:
         c = self.conditioning
         cond = self._spatial(cond, c.cond_channels, f"{c.cond_stage_key}, {c.cond_channels} "
                                                     "channels")
+        if cond.shape[0] > self.max_batch:
+            raise RequestError(f"cond has {cond.shape[0]} rows, more than the bundle's max batch "
+                               f"{self.max_batch} (split the request, or rebuild with `vqrt "
+                               f"build --max-batch {cond.shape[0]}`)")
         try:
-            return self._cond_encoder.run(None, {"cond": cond})[0]
+            return self._cond_encoder.run({"cond": cond})[0]
         except (Fail, InvalidArgument, RuntimeException) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RequestError(f"the cond_encoder graph rejected cond of shape "

@@ -9,13 +9,14 @@ This module never imports torch.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from vqrt.runtime.bundle import REBUILD, Bundle, BundleError
-from vqrt.runtime.onnx_sessions import open_session
+from vqrt.runtime.onnx_sessions import OrtGraph
 from vqrt.runtime.params import RequestError
+from vqrt.runtime.tensorrt_backend import REBUILD_LARGER, TensorRTGraphs, TensorRTRunner
 from vqrt.runtime.tiled_decode import TiledDecoder, TilePlan
 
 
@@ -35,10 +36,24 @@ def from_pixels(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def vqgan_graph(bundle: Bundle, name: str, outputs: Sequence[str],
+                engines: Optional[TensorRTGraphs], providers: Tuple[str, ...], device: str,
+                num_threads: int, load_now: bool, remedy: str = REBUILD_LARGER
+                ) -> Union[OrtGraph, TensorRTRunner]:
+    """The bundle's graph `name` (an encoder) on its TensorRT engine where `engines` is given
+    (decoder engine "tensorrt": TiledDecoder.engine_graphs) and the bundle has that engine,
+    else on ONNX Runtime. load_now: load the engine now, not on its first run. remedy: what a
+    shape the engine's profile refuses should do."""
+    if engines is not None and name in bundle.manifest.tensorrt.engines:
+        return engines.runner(name, outputs, remedy, load_now)
+    return OrtGraph(bundle.graph_path(name), providers, device, num_threads)
+
+
 class FirstStage:
-    """The encoder session and the tiled decoder of one bundle (read-only, shared across
-    threads). Images always decode through the tiled decoder (runtime/tiled_decode.py), the one
-    decoding routine; the whole-image decoder graph is for other engines and for tests."""
+    """The encoder and the tiled decoder of one bundle (read-only, shared across threads).
+    Images always decode through the tiled decoder (runtime/tiled_decode.py), the one decoding
+    routine. With decoder engine "tensorrt" the encoder runs on its engine too, loaded when it
+    first encodes (few processes do), in the decoder engines' TensorRTGraphs."""
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
                  num_threads: int, decoder_engine: str = "auto"):
@@ -52,14 +67,16 @@ class FirstStage:
             raise BundleError(f"{bundle.path}: the bundle has no tiled decoder; {REBUILD} of "
                               "this vqrt")
         self._decoder = TiledDecoder(bundle, providers, device, num_threads, decoder_engine)
-        self._encoder = (open_session(bundle.graph_path("encoder"), providers, device,
-                                      num_threads) if "encoder" in m.graphs else None)
+        self.engine_graphs = self._decoder.engine_graphs
+        self._encoder = (vqgan_graph(bundle, "encoder", ("indices",), self.engine_graphs,
+                                     providers, device, num_threads, load_now=False)
+                         if "encoder" in m.graphs else None)
 
     @property
     def providers(self) -> Dict[str, Tuple[str, ...]]:
         found = {"decoder": self._decoder.providers}
         if self._encoder is not None:
-            found["encoder"] = tuple(self._encoder.get_providers())
+            found["encoder"] = self._encoder.providers()
         return found
 
     # --- checks against the bundle's limits ---------------------------------------------------
@@ -122,7 +139,7 @@ class FirstStage:
         self.check_batch(images.shape[0])
         self.latent_grid((images.shape[3], images.shape[2]))
         images = np.ascontiguousarray(images, dtype=np.float32)
-        return self._encoder.run(None, {"image": images})[0]
+        return self._encoder.run({"image": images})[0]
 
     def plan_decode(self, batch: int, h: int, w: int, tile: Optional[int] = None,
                     max_memory: Optional[int] = None) -> TilePlan:

@@ -212,7 +212,8 @@ class Generator:
         decoder_engine: what runs the image decoder's graphs: "onnxruntime" (fp32, on
             `device`), "openvino" (the CPU, bf16 arithmetic where the CPU has it: faster,
             close to but not equal to fp32; needs the openvino package), "tensorrt" (the
-            bundle's decoder engine on the GPU: runtime/tensorrt_backend.py, never run yet), or
+            bundle's VQGAN engines on the GPU, the encoder's and cond encoder's too:
+            runtime/tensorrt_backend.py, never run yet), or
             "auto" (the default: openvino for bundles built with --precision bf16 where it is
             installed and the decoder runs on the CPU, else onnxruntime; never tensorrt).
     """
@@ -250,7 +251,8 @@ class Generator:
             else:
                 self._transformer = OrtBackend(self.bundle, providers, device, num_threads)
             self._states = StatePool(self._transformer.new_state)
-            self._conditioner = Conditioner(self.bundle, providers, device, num_threads)
+            self._conditioner = Conditioner(self.bundle, providers, device, num_threads,
+                                            self._first_stage.engine_graphs)
 
     @property
     def providers(self) -> Dict[str, Tuple[str, ...]]:

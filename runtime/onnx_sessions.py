@@ -9,8 +9,9 @@ did not take the graph. This module never imports torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Tuple
 
+import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
@@ -68,6 +69,22 @@ def open_session(path: Path, providers: Tuple[str, ...], device: str,
                            "(the CUDA provider did not start: check the NVIDIA driver and "
                            "CUDA/cuDNN libraries), or use device cpu")
     return session
+
+
+class OrtGraph:
+    """One graph on ONNX Runtime with the interface of the TensorRT runners
+    (runtime/tensorrt_backend.py): run(feeds) -> the outputs in the graph's order. session.run
+    is thread-safe. one_of_many: as open_session's (a tile step)."""
+
+    def __init__(self, path: Path, providers: Tuple[str, ...], device: str, num_threads: int,
+                 one_of_many: bool = False):
+        self.session = open_session(path, providers, device, num_threads, one_of_many)
+
+    def providers(self) -> Tuple[str, ...]:
+        return tuple(self.session.get_providers())
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        return self.session.run(None, feeds)
 
 
 def runs_on_cuda(session: ort.InferenceSession) -> bool:

@@ -1,8 +1,9 @@
 """The transformer stage on TensorRT (backend "tensorrt"): the bundle's transformer_prefill and
 transformer_step engines (export/tensorrt_engines.py), with every buffer on the device bound
 once, on one CUDA stream, the decode step replayed as a CUDA graph, and sampling on the device.
-Also the VQGAN decoder's engines (TensorRTGraphs, for decoder engine "tensorrt" in
-runtime/tiled_decode.py): host in, host out, device memory sized by the calls made.
+Also the VQGAN's engines (TensorRTGraphs, for decoder engine "tensorrt": the decoder's in
+runtime/tiled_decode.py, the encoder's and cond_encoder's in runtime/first_stage.py): host in,
+host out, device memory sized by the calls made.
 
 STATUS: written against the TensorRT 10 Python API documentation and never run: no machine this
 code was developed on had TensorRT (its tests skip with that reason). What it drives from our
@@ -408,11 +409,14 @@ class TensorRTState:
 
 
 class TensorRTGraphs:
-    """Engines with host inputs and outputs, each run whole per call, one at a time: the VQGAN
-    decoder's (decoder engine "tensorrt" in runtime/tiled_decode.py: the whole-image engine and
-    the tiled decoder's step engines). An engine is deserialized, its inputs and outputs
+    """Engines with host inputs and outputs, each run whole per call, one at a time: the
+    VQGAN's (decoder engine "tensorrt": the whole-image decoder engine and the tiled decoder's
+    step engines in runtime/tiled_decode.py, the encoder and cond_encoder engines in
+    runtime/first_stage.py). An engine is deserialized, its inputs and outputs
     checked and its context made (without memory of its own: USER_MANAGED) when its runner is
-    made with load_now, else on its first run: step engines load only if a plan tiles. Memory is
+    made with load_now, else on its first run: step engines load only if a plan tiles, the
+    encoder's when a process first encodes. Engines that name a tensor alike (the decoder's
+    output and the encoder's input, "image") share its buffer: calls never overlap. Memory is
     sized by use: a call sets its input shapes, asks what activation memory they need
     (update_device_memory_size_for_shapes) and grows the one scratch all contexts share, and the
     one buffer per tensor name, to fit, releasing the outgrown block; a context is re-bound

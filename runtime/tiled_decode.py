@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vqrt.runtime.bundle import Bundle, BundleError, REBUILD, ShapeRange, TiledDecoderSpec
-from vqrt.runtime.onnx_sessions import open_session
+from vqrt.runtime.onnx_sessions import OrtGraph
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.safetensors_io import SafetensorsError, read_safetensors
 from vqrt.runtime.strict_json import loads_strict
@@ -255,20 +255,6 @@ def _attention(qkv: np.ndarray, channels: int, storage: np.dtype) -> np.ndarray:
     return out.reshape(batch, channels, h, w)
 
 
-class _OrtGraph:
-    """One graph on ONNX Runtime (session.run is thread-safe). one_of_many: a tile step."""
-
-    def __init__(self, path, providers: Tuple[str, ...], device: str, num_threads: int,
-                 one_of_many: bool):
-        self.session = open_session(path, providers, device, num_threads, one_of_many)
-
-    def providers(self) -> Tuple[str, ...]:
-        return tuple(self.session.get_providers())
-
-    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        return self.session.run(None, feeds)
-
-
 class _OpenVinoGraph:
     """One graph compiled by OpenVINO for the CPU, with bf16 inference precision where the CPU
     has bf16 arithmetic (OpenVINO keeps fp32 elsewhere). One infer request per thread."""
@@ -311,7 +297,7 @@ def _openvino_available() -> bool:
 def choose_engine(engine: str, bundle: Bundle, device: str) -> str:
     """"auto": OpenVINO for bundles built with --precision bf16 where it is installed and the
     decoder runs on the CPU (the user chose bf16 arithmetic at build time), else ONNX Runtime.
-    "tensorrt" (the bundle's decoder engine) only when asked for, until it has run on a GPU."""
+    "tensorrt" (the bundle's VQGAN engines) only when asked for, until it has run on a GPU."""
     if engine not in ENGINES:
         raise RequestError(f"decoder engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "tensorrt":
@@ -375,14 +361,17 @@ class TiledDecoder:
         def compile_graph(path, one_of_many: bool):
             if engine == "openvino":
                 return _OpenVinoGraph(path, num_threads)
-            return _OrtGraph(path, providers, device, num_threads, one_of_many)
+            return OrtGraph(path, providers, device, num_threads, one_of_many)
 
         convs = [s for s in self.steps if isinstance(s, ConvStep)]
         engines = bundle.manifest.tensorrt.engines if engine == "tensorrt" else {}
         # A bundle whose step engines TensorRT refused (export/build.py) tiles on ONNX Runtime.
         steps_built = bool(engines) and all(tile_engine_name(s) in engines for s in convs)
+        # The VQGAN's engines (the encoders' too: runtime/first_stage.py) on one stream,
+        # sharing their device buffers; None unless engine "tensorrt".
+        self.engine_graphs: Optional[TensorRTGraphs] = None
         if engine == "tensorrt":
-            graphs = TensorRTGraphs(bundle)
+            graphs = self.engine_graphs = TensorRTGraphs(bundle)
             self._whole = graphs.runner("decoder", ("image",), load_now=True)
             # The whole-image engine's profile covers every latent up to the bundle's max:
             # decode whole unless a tile or a memory budget asks for tiles.

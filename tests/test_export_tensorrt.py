@@ -54,6 +54,21 @@ def test_profiles_cover_batch_and_latent_ranges():
     assert "position" not in profiles["transformer_step"]  # data, not a shape
 
 
+@pytest.mark.parametrize("resize", [None, 8])
+def test_cond_encoder_profile_takes_every_image_size(resize):
+    """A condition has the image's size (or any, where the graph first resizes it): from one
+    cond-stage step (8 here; a graph that resizes takes 1) up to the largest image."""
+    graphs = {"cond_encoder": GraphSpec("c.onnx", "fp32", 17, (), ())}
+    first_stage = FirstStageSpec(3, (64, 64), 16, (4, 4), 256, 48, "vq", (-1.0, 1.0))
+    conditioning = Conditioning("vq", 16, cond_stage_key="segmentation", cond_channels=5,
+                                cond_resize=resize)
+    limits = Limits(max_batch=2, max_latent=(8, 12), max_sequence=None)
+    cond = tensorrt_engines.engine_profiles(graphs, first_stage, None, conditioning, 8,
+                                            limits)["cond_encoder"]["cond"]
+    low = 8 if resize is None else 1
+    assert (cond.min, cond.opt, cond.max) == ((1, 5, low, low), (1, 5, 64, 64), (2, 5, 128, 192))
+
+
 def test_opt_shape_is_clamped_to_a_smaller_max():
     graphs = {"decoder": GraphSpec("d.onnx", "fp32", 17, (), ())}
     first_stage = FirstStageSpec(3, (256, 256), 16, (16, 16), 1024, 256, "vq", (-1.0, 1.0))

@@ -81,3 +81,9 @@ def test_condition_must_fit_the_bundle(case):
         generator.start()
     with pytest.raises(RequestError, match=rf"cond must be float32 \[B, {cond.shape[1]}, H, W\]"):
         generator.start(cond=np.zeros((1, cond.shape[1] + 1, 16, 16), np.float32))
+    if name in ("segmentation", "depth", "first_stage_resized"):  # checked before encoding
+        rows = np.repeat(cond[:1], 9, axis=0)
+        with pytest.raises(RequestError, match=r"^cond has 9 rows, more than the bundle's max "
+                                               r"batch 8 \(split the request, or rebuild with "
+                                               r"`vqrt build --max-batch 9`\)$"):
+            generator.start(cond=rows)

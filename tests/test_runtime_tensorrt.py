@@ -6,6 +6,7 @@ tensorrt, the engine checks against the manifest with a stand-in tensorrt module
 TensorRTState's buffers, positions, captured step, draw() and generate(), and the decoder
 engines' whole-image and tiled decoding (TensorRTGraphs) over stand-ins for the GPU and the
 engines (vqrt's glue only, never TensorRT)."""
+import contextlib
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ from torch_threads import one_torch_thread
 from vqrt.cli import main
 from vqrt.export import tensorrt_engines
 from vqrt.export.build import BuildOptions, build_bundle
-from vqrt.runtime import GenerationParams, Generator, RequestError
+from vqrt.runtime import GenerationParams, Generator, RequestError, segmentation_one_hot
 from vqrt.runtime import tensorrt_backend
 from vqrt.runtime.bundle import BundleError, load_bundle
 from vqrt.runtime.onnx_sessions import open_session
@@ -44,17 +45,24 @@ def stand_in_bundle(tmp_path_factory):
     return out
 
 
-def stand_in_build(out: Path, precision: str = "fp32", **fake) -> None:
-    """Builds golden set A with --backend tensorrt at `out`, a stand-in tensorrt (FakeTensorRT,
-    made with `fake`) "building" the engines."""
+@contextlib.contextmanager
+def stand_in_tensorrt_builds(cache: Path, **fake):
+    """Within it, builds get their engines from a stand-in tensorrt (FakeTensorRT made with
+    `fake`: files of fake bytes), the timing cache in `cache`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "tensorrt", FakeTensorRT(**fake))
         patch.setattr(tensorrt_engines, "probe", lambda: ENV)
-        patch.setenv("VQRT_CACHE_DIR", str(out.parent / "cache"))
+        patch.setenv("VQRT_CACHE_DIR", str(cache))
         with one_torch_thread():
-            build_bundle(GOLDEN / "model.ckpt", out,
-                         BuildOptions(precision=precision, backend="tensorrt"),
-                         config=GOLDEN / "transformer.yaml", log=lambda line: None)
+            yield
+
+
+def stand_in_build(out: Path, precision: str = "fp32", **fake) -> None:
+    """Builds golden set A with --backend tensorrt at `out`, stand_in_tensorrt_builds."""
+    with stand_in_tensorrt_builds(out.parent / "cache", **fake):
+        build_bundle(GOLDEN / "model.ckpt", out,
+                     BuildOptions(precision=precision, backend="tensorrt"),
+                     config=GOLDEN / "transformer.yaml", log=lambda line: None)
 
 
 @needs_golden
@@ -612,3 +620,53 @@ def test_tiles_stay_within_the_step_engines_profiles(tmp_path, monkeypatch):
         decoded = engines.decode(codes, tile=tile, max_memory=budget)
         mse = np.mean((decoded.astype(np.float64) - whole) ** 2)
         assert 10 * np.log10(4.0 / mse) >= 55  # tiled against whole, as test_tiled_decode
+
+
+@needs_golden
+def test_the_encoder_engine_loads_on_first_use_and_encodes_as_onnxruntime(stand_in_bundle,
+                                                                          monkeypatch):
+    stand_in_decoder_engines(monkeypatch, stand_in_bundle)
+    engines = Generator(stand_in_bundle, decoder_engine="tensorrt")
+    graphs = engines._first_stage.engine_graphs
+    assert engines.providers["encoder"] == ("TensorRT",)
+    assert set(graphs._contexts) == {"decoder"}  # a process that never encodes never loads it
+    images = np.random.default_rng(7).uniform(-1, 1, (3, 3, 64, 48)).astype(np.float32)
+    np.testing.assert_array_equal(engines.encode(images),
+                                  Generator(stand_in_bundle).encode(images))
+    assert set(graphs._contexts) == {"decoder", "encoder"}
+
+
+@pytest.mark.parametrize("name", ["segmentation", "first_stage_resized"])
+def test_the_cond_encoder_engine_encodes_as_onnxruntime(name, tmp_path, monkeypatch):
+    """Conditions at the training size and at larger images' (the engine's profile takes every
+    image size up to the largest) and, where the graph resizes them first, of other sizes: the
+    engine makes ONNX Runtime's tokens; one the profile cannot take is a one-line refusal."""
+    from test_export_conditioning import build_random_case
+    with stand_in_tensorrt_builds(tmp_path / "cache"):
+        build_random_case(name, tmp_path, BuildOptions(backend="tensorrt", max_size=(32, 24)))
+    bundle = tmp_path / "bundle"
+    stand_in_decoder_engines(monkeypatch, bundle)
+    engines = Generator(bundle, decoder_engine="tensorrt")._conditioner
+    graphs = Generator(bundle, decoder_engine="onnxruntime")._conditioner
+    assert engines.providers == {"cond_encoder": ("TensorRT",)}
+    rng = np.random.default_rng(8)
+    resized = name == "first_stage_resized"
+    shapes = [(2, 16, 16), (1, 24, 32), (8, 8, 8)] + ([(1, 20, 12), (1, 6, 10)] if resized else [])
+    for rows, height, width in shapes:
+        if resized:
+            cond = rng.uniform(-1, 1, (rows, 3, height, width)).astype(np.float32)
+        else:
+            cond = segmentation_one_hot(rng.integers(0, 5, (rows, height, width)), 5)
+        image_size = (16, 16) if resized else (height, width)
+        np.testing.assert_array_equal(engines.prefix(None, cond, image_size),
+                                      graphs.prefix(None, cond, image_size))
+    if resized:  # any size resizes on ONNX Runtime; the engine takes up to the largest image
+        large = rng.uniform(-1, 1, (1, 3, 40, 8)).astype(np.float32)
+        assert graphs.prefix(None, large, (16, 16)).shape == (1, 16)
+        with pytest.raises(RequestError, match=r"^decoder engine tensorrt: the engine refuses "
+                                               r"cond of shape \[1, 3, 40, 8\] \(outside its "
+                                               r"optimization profile\); resize the condition "
+                                               r"to at most 32x24 pixels \(the bundle's "
+                                               r"largest image\), or use decoder engine "
+                                               r"onnxruntime$"):
+            engines.prefix(None, large, (16, 16))

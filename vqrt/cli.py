@@ -120,8 +120,8 @@ def _decoder_arguments(parser: argparse.ArgumentParser) -> None:
                         default="auto",
                         help="what runs the image decoder: onnxruntime (fp32), openvino (CPU, "
                              "bf16 where the CPU has it; pip install openvino), tensorrt (the "
-                             "bundle's engine, on the GPU), or auto (default: openvino for "
-                             "--precision bf16 bundles where installed)")
+                             "bundle's engines on the GPU, for the encoders too), or auto "
+                             "(default: openvino for --precision bf16 bundles where installed)")
 
 
 def _decoder_options(args: argparse.Namespace) -> dict:
