@@ -14,7 +14,8 @@ too. Precision:
   fp32  the fp32 graphs, TF32 off (so engines match the fp32 parity limits);
   fp16  the fp16 graphs in a strongly typed network: TensorRT keeps the graphs' fp32 islands
         (normalisation, softmax, argmin) instead of choosing precisions itself;
-  bf16  the fp32 graphs with the BF16 builder flag (TensorRT picks per layer).
+  bf16  the fp32 graphs with the BF16 builder flag (TensorRT picks per layer), but for the
+        encoders (CODE_GRAPHS), built fp32: see engine_precision.
 A timing cache per TensorRT version and GPU lives in $VQRT_CACHE_DIR (default
 ~/.cache/vqrt) and is reused and extended by every build. `tensorrt` and `cuda-python` are
 imported only here, only when an engine is wanted.
@@ -39,6 +40,18 @@ NEEDS = ("TensorRT 10 and an NVIDIA GPU with its driver (pip install 'vqrt[tenso
 WORKSPACE_BYTES = 4 << 30
 ENGINE_DIR = "engines"
 STEP_ENGINE_DIR = f"{ENGINE_DIR}/tiled_decoder"  # tile_engine_name's prefix under ENGINE_DIR
+
+
+# Graphs that end in an argmin over codebook distances. Under the BF16 flag TensorRT may compute
+# those distances in bf16, and near-ties would then pick other codes than the fp32 graph's: other
+# prefix tokens, another image. fp16 builds keep the graphs' fp32 islands (strongly typed).
+CODE_GRAPHS = ("encoder", "cond_encoder")
+
+
+def engine_precision(name: str, precision: str) -> str:
+    """What engine `name` of a `precision` build is built in: fp32 for CODE_GRAPHS under bf16
+    (an encoder runs once per request: its speed matters little), else `precision`."""
+    return "fp32" if precision == "bf16" and name in CODE_GRAPHS else precision
 
 
 class TensorRTUnavailable(Exception):
@@ -197,7 +210,8 @@ def build_engines(staging: Path, sources: Dict[str, str],
                   profiles: Dict[str, Dict[str, ShapeRange]], precision: str,
                   env: TensorRTEnvironment, log: Callable[[str], None]) -> TensorRTSpec:
     """Engines for every name in `profiles`, each from the ONNX file sources[name] (a path in
-    the bundle), written to staging/engines/<name>.plan."""
+    the bundle), written to staging/engines/<name>.plan, in engine_precision(name,
+    precision)."""
     import tensorrt as trt
     cache_path = timing_cache_path(env)
     timing_cache = cache_path.read_bytes() if cache_path.is_file() else b""
@@ -205,11 +219,12 @@ def build_engines(staging: Path, sources: Dict[str, str],
     try:
         for name, profile in profiles.items():
             relative = f"{ENGINE_DIR}/{name}.plan"
-            log(f"building TensorRT engine {relative} ({precision})")
+            built_as = engine_precision(name, precision)
+            log(f"building TensorRT engine {relative} ({built_as})")
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             timing_cache = _build_one(trt, staging / sources[name], staging / relative,
-                                      profile, precision, timing_cache)
-            engines[name] = EngineSpec(file=relative, graph=sources[name], precision=precision,
+                                      profile, built_as, timing_cache)
+            engines[name] = EngineSpec(file=relative, graph=sources[name], precision=built_as,
                                        profile=profile)
     finally:  # what the engines built so far timed serves the next build, failed or not
         _save_timing_cache(cache_path, timing_cache)

@@ -123,7 +123,7 @@ class Conditioner:
     def _check_size(self, cond: np.ndarray, image_size: Optional[Tuple[int, int]]):
         shape = np.shape(cond)
         if (image_size is None or self.conditioning.cond_resize is not None or len(shape) != 4
-                or tuple(shape[2:]) == tuple(image_size)):
+                or tuple(shape[2:]) == tuple(image_size) or 0 in shape):  # _spatial refuses
             return cond
         height, width = image_size
         raise RequestError(f"the condition map is {shape[3]}x{shape[2]} pixels but the image is "
@@ -144,9 +144,10 @@ class Conditioner:
 
     def _spatial(self, cond: np.ndarray, channels: int, what: str) -> np.ndarray:
         cond = np.asarray(cond)
-        if cond.ndim != 4 or cond.dtype.kind != "f" or cond.shape[1] != channels:
-            raise RequestError(f"cond must be float32 [B, {channels}, H, W] ({what}), got "
-                               f"{cond.dtype} {list(cond.shape)}")
+        if (cond.ndim != 4 or cond.dtype.kind != "f" or cond.shape[1] != channels
+                or 0 in cond.shape):
+            raise RequestError(f"cond must be float32 [B, {channels}, H, W] ({what}) with B, H "
+                               f"and W at least 1, got {cond.dtype} {list(cond.shape)}")
         return np.ascontiguousarray(cond, dtype=np.float32)
 
     def _encode_cond(self, cond: np.ndarray) -> np.ndarray:

@@ -416,7 +416,8 @@ class TensorRTGraphs:
     checked and its context made (without memory of its own: USER_MANAGED) when its runner is
     made with load_now, else on its first run: step engines load only if a plan tiles, the
     encoder's when a process first encodes. Engines that name a tensor alike (the decoder's
-    output and the encoder's input, "image") share its buffer: calls never overlap. Memory is
+    output and the encoder's input "image", and its input and the encoder's output "indices")
+    share its buffer: calls never overlap. Memory is
     sized by use: a call sets its input shapes, asks what activation memory they need
     (update_device_memory_size_for_shapes) and grows the one scratch all contexts share, and the
     one buffer per tensor name, to fit, releasing the outgrown block; a context is re-bound
@@ -510,8 +511,9 @@ class TensorRTGraphs:
                 address, size = self._stream.allocate(max(1, nbytes)), max(1, nbytes)
             except (ValueError, RuntimeError) as e:
                 raise RequestError(f"{self._who}: cannot allocate {nbytes / 2 ** 20:.0f} MiB "
-                                   f"of GPU memory for {key} ({e}); decode fewer or smaller "
-                                   "images at once, or in tiles (--tile, --max-memory)") from None
+                                   f"of GPU memory for {key} of {name} ({e}); give fewer or "
+                                   "smaller images at once, decode in tiles (--tile, "
+                                   "--max-memory), or use decoder engine onnxruntime") from None
             self._blocks[key] = (address, size)
         if self._bound[name].get(key) != (address, size):
             context = self._contexts[name]

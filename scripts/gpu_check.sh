@@ -56,12 +56,17 @@ print(sys.version.split()[0], 'torch', torch.__version__, torch.version.cuda)"
 # C++ first, without the Python extension, so that a missing Python header or Cython cannot stop
 # the C++ tests; then the extension in the same folder (nothing else recompiles).
 stamp build
-# SASS for this machine's GPU only (one architecture compiles in a fraction of the default
-# list's time): its compute capability as the driver reports it, "9.0" -> 90; VQRT_CUDA_ARCHS
-# wins; sm_90 (the device tool's H200) where the driver is too old to say.
-cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2> /dev/null | head -1 | tr -d ' .')
-[[ $cap =~ ^[0-9]+$ ]] || cap=90
-archs=${VQRT_CUDA_ARCHS:-$cap}
+# SASS for this machine's GPUs only (one architecture compiles in a fraction of the default
+# list's time): each one's compute capability as the driver reports it, "9.0" -> 90. sm_90 (the
+# device tool's H200; its PTX also runs on newer GPUs) where the driver is too old to say or
+# this nvcc does not know one. VQRT_CUDA_ARCHS wins.
+archs=""
+for cap in $(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2> /dev/null | tr -d ' .' |
+             sort -u); do
+  [[ $cap =~ ^[0-9]+$ ]] && nvcc --list-gpu-arch 2> /dev/null | grep -qx "compute_$cap" || cap=90
+  [[ ";$archs;" == *";$cap;"* ]] || archs=${archs:+$archs;}$cap
+done
+archs=${VQRT_CUDA_ARCHS:-${archs:-90}}
 echo "CUDA architectures: $archs" >> "$out/gpu.txt"
 cfg=(-S . -B build/gpu -DVQRT_CUDA=ON -DVQRT_CUDA_ARCHS="$archs" -DVQRT_PYTHON_OUT_DIR="$PWD/vqrt"
      -DPython_EXECUTABLE="$(command -v python3)")

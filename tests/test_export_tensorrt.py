@@ -248,6 +248,22 @@ def test_engine_glue_with_a_stand_in(fake_tensorrt, tmp_path):
 
 
 @pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(), reason=f"no golden data at {GOLDEN}")
+def test_bf16_builds_the_encoder_in_fp32(fake_tensorrt, tmp_path):
+    """Under the BF16 flag TensorRT may compute the codebook distances in bf16: the encoder's
+    codes would differ from the fp32 graph's, so its engine (and the steps') is built fp32."""
+    fake = fake_tensorrt()
+    out = tmp_path / "bundle"
+    build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(precision="bf16", backend="tensorrt"),
+                 config=GOLDEN / "transformer.yaml", log=lambda line: None)
+    engines = load_bundle(out).manifest.tensorrt.engines
+    bf16 = {name for name, spec in engines.items() if spec.precision == "bf16"}
+    assert bf16 == {"decoder", "transformer_prefill", "transformer_step"}
+    assert engines["encoder"].precision == "fp32"
+    assert fake.calls.count(("set_flag", "bf16")) == len(bf16)
+    assert fake.calls.count(("clear_flag", "tf32")) == len(engines) - len(bf16)
+
+
+@pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(), reason=f"no golden data at {GOLDEN}")
 def test_auto_falls_back_when_an_engine_fails(fake_tensorrt, tmp_path):
     fake_tensorrt(fail=True)
     out = tmp_path / "bundle"

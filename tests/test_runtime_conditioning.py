@@ -5,6 +5,8 @@ torch model, on the tiny random bundles of tests/test_export_conditioning.py.
 
 Their vocabulary (72) is larger than the codebook (64): the runtime draws image tokens from the
 64 codes only, so the torch reference takes its argmax over those too."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,7 @@ def test_condition_must_fit_the_bundle(case):
                                                r"batch 8 \(split the request, or rebuild with "
                                                r"`vqrt build --max-batch 9`\)$"):
             generator.start(cond=rows)
+    for empty in ((0, cond.shape[1], 16, 16), (1, cond.shape[1], 0, 16)):
+        with pytest.raises(RequestError, match=r"with B, H and W at least 1, got float32 "
+                                               + re.escape(str(list(empty)))):
+            generator.start(cond=np.zeros(empty, np.float32))
