@@ -46,7 +46,8 @@ def vqgan_graph(bundle: Bundle, name: str, outputs: Sequence[str],
     shape the engine's profile refuses should do."""
     if engines is not None and name in bundle.manifest.tensorrt.engines:
         return engines.runner(name, outputs, remedy, load_now)
-    return OrtGraph(bundle.graph_path(name), providers, device, num_threads)
+    # Whole images: with a memory pattern, twice a megapixel encode's need from the second call.
+    return OrtGraph(bundle.graph_path(name), providers, device, num_threads, pattern=False)
 
 
 class FirstStage:

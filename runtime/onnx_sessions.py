@@ -39,20 +39,30 @@ def execution_providers(device: str) -> Tuple[str, ...]:
     return (CUDA_PROVIDER, CPU_PROVIDER)
 
 
-def open_session(path: Path, providers: Tuple[str, ...], device: str,
-                 num_threads: int = 0, one_of_many: bool = False) -> ort.InferenceSession:
+def open_session(path: Path, providers: Tuple[str, ...], device: str, num_threads: int = 0, *,
+                 spin: bool = True, arena: bool = True, pattern: bool = True
+                 ) -> ort.InferenceSession:
     """A session for one graph; num_threads: intra-op threads, 0 = ONNX Runtime's default.
-    one_of_many: the session is one of many run one after another (the tiled decoder's steps),
-    so its intra-op threads sleep as soon as a run ends (each session has its own pool, and a
-    finished session's spinning threads would take the cores from the next: 2x slower on 2
-    cores), and it keeps no memory arena (each session's arena would hold its largest tile's
-    temporaries for good: gigabytes over dozens of sessions).
+    spin=False: its intra-op threads sleep as soon as a run ends, for sessions run one after
+    another (the tiled decoder's steps: each session has its own pool, and a finished session's
+    spinning threads would take the cores from the next: 2x slower on 2 cores).
+    arena=False: no memory arena, which would keep a run's temporaries for good (each of the
+    tiled decoder's dozens of step sessions its largest tile's: gigabytes).
+    pattern=False: no memory pattern, for graphs run whole on large inputs (the encoders, the
+    whole-image decoder). After a first run ONNX Runtime plans each run's memory as one block,
+    which the arena cannot serve from the chunks the first run left it, so it adds the block
+    and keeps both: from its second call such a session held twice one call's need (a
+    1024x1024 decode 4.2 GiB against 2.1; without the pattern 2.1 GiB, and no slower:
+    BENCHMARKS.md, "Memory of the whole-image graphs").
     With device "cuda", a session the CUDA provider did not take is an error."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
-    if one_of_many:
+    if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not arena:
         options.enable_cpu_mem_arena = False
+    if not pattern:
+        options.enable_mem_pattern = False
     try:
         session = ort.InferenceSession(str(path), options, providers=list(providers))
     except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph,
@@ -74,11 +84,12 @@ def open_session(path: Path, providers: Tuple[str, ...], device: str,
 class OrtGraph:
     """One graph on ONNX Runtime with the interface of the TensorRT runners
     (runtime/tensorrt_backend.py): run(feeds) -> the outputs in the graph's order. session.run
-    is thread-safe. one_of_many: as open_session's (a tile step)."""
+    is thread-safe. spin, arena, pattern: as open_session's."""
 
-    def __init__(self, path: Path, providers: Tuple[str, ...], device: str, num_threads: int,
-                 one_of_many: bool = False):
-        self.session = open_session(path, providers, device, num_threads, one_of_many)
+    def __init__(self, path: Path, providers: Tuple[str, ...], device: str, num_threads: int, *,
+                 spin: bool = True, arena: bool = True, pattern: bool = True):
+        self.session = open_session(path, providers, device, num_threads, spin=spin,
+                                    arena=arena, pattern=pattern)
 
     def providers(self) -> Tuple[str, ...]:
         return tuple(self.session.get_providers())

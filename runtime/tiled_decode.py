@@ -358,10 +358,12 @@ class TiledDecoder:
         engine = choose_engine(engine, bundle, device)
         self.engine = engine
 
-        def compile_graph(path, one_of_many: bool):
+        def compile_graph(path, step: bool):
             if engine == "openvino":
                 return _OpenVinoGraph(path, num_threads)
-            return OrtGraph(path, providers, device, num_threads, one_of_many)
+            if step:  # one of dozens run one after another
+                return OrtGraph(path, providers, device, num_threads, spin=False, arena=False)
+            return OrtGraph(path, providers, device, num_threads, pattern=False)  # whole images
 
         convs = [s for s in self.steps if isinstance(s, ConvStep)]
         engines = bundle.manifest.tensorrt.engines if engine == "tensorrt" else {}

@@ -93,3 +93,20 @@ def test_condition_must_fit_the_bundle(case):
         with pytest.raises(RequestError, match=r"with B, H and W at least 1, got float32 "
                                                + re.escape(str(list(empty)))):
             generator.start(cond=np.zeros(empty, np.float32))
+
+
+
+def test_the_whole_image_graphs_run_without_a_memory_pattern(case):
+    """With one, a long-lived session holds twice a megapixel call's need from its second call
+    (BENCHMARKS.md, "Memory of the whole-image graphs"): the encoders and the whole-image decoder
+    run without, the transformer's graphs with."""
+    name, bundle, _, _ = case
+    generator = Generator(bundle, backend="onnxruntime", device="cpu", num_threads=1)
+    sessions = {"encoder": generator._first_stage._encoder.session,
+                "decoder": generator._first_stage._decoder._whole.session,
+                "prefill": generator._transformer._graphs.prefill}
+    if name in ("segmentation", "depth", "first_stage_resized"):
+        sessions["cond_encoder"] = generator._conditioner._cond_encoder.session
+    patterns = {graph: s.get_session_options().enable_mem_pattern
+                for graph, s in sessions.items()}
+    assert patterns == {graph: graph == "prefill" for graph in sessions}
