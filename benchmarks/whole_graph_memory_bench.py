@@ -25,14 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from decoder_bench import _status_bytes  # /proc/self/status fields in bytes
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _child(bundle_dir: str, graph: str, pattern: bool, side: int, calls: int,
