@@ -48,12 +48,13 @@ def open_session(path: Path, providers: Tuple[str, ...], device: str, num_thread
     spinning threads would take the cores from the next: 2x slower on 2 cores).
     arena=False: no memory arena, which would keep a run's temporaries for good (each of the
     tiled decoder's dozens of step sessions its largest tile's: gigabytes).
-    pattern=False: no memory pattern, for graphs run whole on large inputs (the encoders, the
-    whole-image decoder). After a first run ONNX Runtime plans each run's memory as one block,
-    which the arena cannot serve from the chunks the first run left it, so it adds the block
-    and keeps both: from its second call such a session held twice one call's need (a
-    1024x1024 decode 4.2 GiB against 2.1; without the pattern 2.1 GiB, and no slower:
-    BENCHMARKS.md, "Memory of the whole-image graphs").
+    pattern=False: no memory pattern, for graphs whose calls are large or vary in shape (the
+    encoders, the whole-image decoder, the transformer's prefill). After a first run ONNX
+    Runtime plans each run's memory as one block per set of input shapes, which the arena
+    cannot serve from the chunks earlier runs left it, so it adds the block and keeps both:
+    from its second call such a session held twice one call's need (a 1024x1024 decode 4.2 GiB
+    against 2.1; without the pattern 2.1 GiB, and no slower: BENCHMARKS.md, "Memory of ONNX
+    Runtime sessions").
     With device "cuda", a session the CUDA provider did not take is an error."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads

@@ -30,7 +30,11 @@ class OrtTransformerGraphs:
     def __init__(self, prefill_graph: Path, step_graph: Path, kv: KVCacheSpec,
                  providers: Tuple[str, ...] = (CPU_PROVIDER,), device: str = "cpu",
                  num_threads: int = 0):
-        self.prefill = open_session(Path(prefill_graph), providers, device, num_threads)
+        # Prefill lengths vary from call to call (new prompts, sliding windows): with a memory
+        # pattern each length's planned block would stay in the arena (open_session). The
+        # step's shapes are fixed for a generation: its pattern is one block, reused.
+        self.prefill = open_session(Path(prefill_graph), providers, device, num_threads,
+                                    pattern=False)
         self.step = open_session(Path(step_graph), providers, device, num_threads)
         self.kv_spec = kv
         self.on_cuda = runs_on_cuda(self.step)

@@ -25,22 +25,33 @@
 # LD_LIBRARY_PATH here, the wheels first (the copy torch itself loads).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
+budget=${GPU_CHECK_BUDGET:-450}
+[[ $budget =~ ^[0-9]+$ ]] || { echo "GPU_CHECK_BUDGET must be whole seconds, got $budget" >&2; exit 2; }
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
+# What this script writes to OUTDIR, removed first so that no earlier run's file passes for this
+# run's (a stage that is skipped writes nothing).
+for f in progress.log gpu.txt results.json build.log build_python.log ctest.log pytest.log \
+         bench_sampling.json bench_sampling.log bench_decoder.json bench_decoder.log \
+         gpu_decoder_bench.json gpu_decoder_bench.log pytest_all.log; do rm -f "$out/$f"; done
 start=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - start ))s] $*" | tee -a "$out/progress.log"; }
-budget=${GPU_CHECK_BUDGET:-450}
 skipped=()
+stage_pid="" stage_name=""
 # run_stage NAME SECONDS STDOUT STDERR COMMAND...: COMMAND under `timeout`, its limit SECONDS cut
 # to what the budget has left; its status, or 124 with NAME in `skipped` when under 15 s are left.
+# `timeout` runs the command in a process group of its own, out of reach of a signal sent to
+# this script: it runs in the background, and the trap below passes a TERM or INT on to it.
 run_stage() {
   local name=$1 limit=$2 stdout=$3 stderr=$4 left
   shift 4
   left=$(( budget - ($(date +%s) - start) ))
   (( left > limit )) && left=$limit
   if (( left < 15 )); then skipped+=("$name"); return 124; fi
-  if [ "$stdout" = "$stderr" ]; then timeout "$left" "$@" > "$stdout" 2>&1
-  else timeout "$left" "$@" > "$stdout" 2> "$stderr"; fi
+  if [ "$stdout" = "$stderr" ]; then timeout -k 10 "$left" "$@" > "$stdout" 2>&1 &
+  else timeout -k 10 "$left" "$@" > "$stdout" 2> "$stderr" & fi
+  stage_pid=$! stage_name=$name
+  wait "$stage_pid"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
 
@@ -66,6 +77,9 @@ partial.write_text(json.dumps(res, indent=1))
 partial.replace(pathlib.Path(out, "results.json"))
 PY
 }
+trap '[ -n "$stage_pid" ] && kill -TERM "$stage_pid" 2> /dev/null; wait; stamp stopped
+      write_results "stopped during ${stage_name:-setup}"; exit 143' TERM INT
+write_results start
 # The toolkit's root as nvcc reports it (nvcc may be a wrapper script outside the toolkit).
 top=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
 wheel_libs=$(python3 - 2>/dev/null <<'PY'
@@ -119,7 +133,7 @@ if [ $status_build -eq 0 ]; then
   run_stage ctest 300 "$out/ctest.log" "$out/ctest.log" \
     ctest --test-dir build/gpu --output-on-failure --timeout 120 || status_ctest=$?
   # ctest counts exit 77 (no GPU, no libcublas) as passed: on this machine that is a failure.
-  if grep -q '(Skipped)' "$out/ctest.log"; then [ $status_ctest -eq 0 ] && status_ctest=77; fi
+  if grep -qs '(Skipped)' "$out/ctest.log"; then [ $status_ctest -eq 0 ] && status_ctest=77; fi
   write_results ctest
 else
   status_ctest=$status_build  # not run

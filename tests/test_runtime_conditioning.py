@@ -96,17 +96,18 @@ def test_condition_must_fit_the_bundle(case):
 
 
 
-def test_the_whole_image_graphs_run_without_a_memory_pattern(case):
-    """With one, a long-lived session holds twice a megapixel call's need from its second call
-    (BENCHMARKS.md, "Memory of the whole-image graphs"): the encoders and the whole-image decoder
-    run without, the transformer's graphs with."""
+def test_sessions_of_varying_shapes_run_without_a_memory_pattern(case):
+    """With one, a long-lived session holds twice a megapixel call's need from its second call,
+    and a prefill a block per length (BENCHMARKS.md, "Memory of ONNX Runtime sessions"): the
+    encoders, the whole-image decoder and the prefill run without, the step graph with."""
     name, bundle, _, _ = case
     generator = Generator(bundle, backend="onnxruntime", device="cpu", num_threads=1)
     sessions = {"encoder": generator._first_stage._encoder.session,
                 "decoder": generator._first_stage._decoder._whole.session,
-                "prefill": generator._transformer._graphs.prefill}
+                "prefill": generator._transformer._graphs.prefill,
+                "step": generator._transformer._graphs.step}
     if name in ("segmentation", "depth", "first_stage_resized"):
         sessions["cond_encoder"] = generator._conditioner._cond_encoder.session
     patterns = {graph: s.get_session_options().enable_mem_pattern
                 for graph, s in sessions.items()}
-    assert patterns == {graph: graph == "prefill" for graph in sessions}
+    assert patterns == {graph: graph == "step" for graph in sessions}
