@@ -26,7 +26,9 @@
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
 budget=${GPU_CHECK_BUDGET:-450}
-[[ $budget =~ ^[0-9]+$ ]] || { echo "GPU_CHECK_BUDGET must be whole seconds, got $budget" >&2; exit 2; }
+if ! [[ $budget =~ ^[0-9]+$ ]]; then
+  echo "GPU_CHECK_BUDGET must be whole seconds, got $budget" >&2; exit 2
+fi
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 # What this script writes to OUTDIR, removed first so that no earlier run's file passes for this

@@ -95,7 +95,6 @@ def test_condition_must_fit_the_bundle(case):
             generator.start(cond=np.zeros(empty, np.float32))
 
 
-
 def test_sessions_of_varying_shapes_run_without_a_memory_pattern(case):
     """With one, a long-lived session holds twice a megapixel call's need from its second call,
     and a prefill a block per length (BENCHMARKS.md, "Memory of ONNX Runtime sessions"): the

@@ -443,7 +443,8 @@ class StandInOnnxEngine:
 
     def run(self, feeds):
         if self.session is None:
-            self.session = open_session(self.path, ("CPUExecutionProvider",), "cpu", 1, arena=False)
+            self.session = open_session(self.path, ("CPUExecutionProvider",), "cpu", 1,
+                                        arena=False)
         return dict(zip([name for name, _ in self.outputs], self.session.run(None, feeds)))
 
 
