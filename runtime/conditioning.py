@@ -112,23 +112,13 @@ class Conditioner:
             rows = np.full((1, self.conditioning.prefix_tokens), self.conditioning.sos_token,
                            dtype=np.int64)
         elif self.rule == "cond_encoder":
-            rows = self._encode_cond(self._check_size(cond, image_size))
+            rows = self._encode_cond(cond, image_size)
         elif self.rule == "coord":
-            rows = self._coord_tokens(self._check_size(cond, image_size))
+            rows = self._coord_tokens(cond, image_size)
         else:
             raise RequestError(f"prefix rule {self.rule!r} is not known to this runtime; "
                                "update vqrt")
         return rows
-
-    def _check_size(self, cond: np.ndarray, image_size: Optional[Tuple[int, int]]):
-        shape = np.shape(cond)
-        if (image_size is None or self.conditioning.cond_resize is not None or len(shape) != 4
-                or tuple(shape[2:]) == tuple(image_size) or 0 in shape):  # _spatial refuses
-            return cond
-        height, width = image_size
-        raise RequestError(f"the condition map is {shape[3]}x{shape[2]} pixels but the image is "
-                           f"{width}x{height}: they must match (resize the map, or generate "
-                           f"at its size, --size {shape[3]}x{shape[2]})")
 
     def _class_tokens(self, class_labels: ClassLabels) -> np.ndarray:
         labels = np.atleast_1d(np.asarray(class_labels))
@@ -142,18 +132,29 @@ class Conditioner:
                                    f"classes (0..{n - 1})")
         return labels.astype(np.int64)[:, None]
 
-    def _spatial(self, cond: np.ndarray, channels: int, what: str) -> np.ndarray:
+    def _spatial(self, cond: np.ndarray, channels: int, what: str,
+                 image_size: Optional[Tuple[int, int]]) -> np.ndarray:
+        """cond checked as float32 [B, channels, H, W], and of the image's size (H, W) unless
+        the cond stage resizes it or no image_size is given."""
         cond = np.asarray(cond)
         if (cond.ndim != 4 or cond.dtype.kind != "f" or cond.shape[1] != channels
                 or 0 in cond.shape):
             raise RequestError(f"cond must be float32 [B, {channels}, H, W] ({what}) with B, H "
                                f"and W at least 1, got {cond.dtype} {list(cond.shape)}")
+        _, _, h, w = cond.shape
+        if (image_size is not None and self.conditioning.cond_resize is None
+                and (h, w) != tuple(image_size)):
+            height, width = image_size
+            raise RequestError(f"the condition map is {w}x{h} pixels but the image is "
+                               f"{width}x{height}: they must match (resize the map, or generate "
+                               f"at its size, --size {w}x{h})")
         return np.ascontiguousarray(cond, dtype=np.float32)
 
-    def _encode_cond(self, cond: np.ndarray) -> np.ndarray:
+    def _encode_cond(self, cond: np.ndarray, image_size: Optional[Tuple[int, int]]
+                     ) -> np.ndarray:
         c = self.conditioning
         cond = self._spatial(cond, c.cond_channels, f"{c.cond_stage_key}, {c.cond_channels} "
-                                                    "channels")
+                                                    "channels", image_size)
         if cond.shape[0] > self.max_batch:
             raise RequestError(f"cond has {cond.shape[0]} rows, more than the bundle's max batch "
                                f"{self.max_batch} (split the request, or rebuild with `vqrt "
@@ -166,9 +167,10 @@ class Conditioner:
                                f"{list(cond.shape)} (height and width must be multiples of its "
                                f"downsampling factor): {first}") from None
 
-    def _coord_tokens(self, cond: np.ndarray) -> np.ndarray:
+    def _coord_tokens(self, cond: np.ndarray, image_size: Optional[Tuple[int, int]]
+                      ) -> np.ndarray:
         c = self.conditioning
-        cond = self._spatial(cond, 1, "coordinates in [0, 1]")
+        cond = self._spatial(cond, 1, "coordinates in [0, 1]", image_size)
         if cond.size and (cond.min() < 0.0 or cond.max() > 1.0):
             raise RequestError(f"coordinates must lie in [0, 1], got [{cond.min()}, "
                                f"{cond.max()}]")
