@@ -11,6 +11,7 @@ JOBS ?= $(shell nproc)
 # CI must prove the CUDA sources compile wherever nvcc exists; VQRT_CUDA=OFF forces CPU-only.
 HAVE_NVCC := $(if $(shell command -v nvcc 2>/dev/null),ON,OFF)
 CUDA_BUILD ?= $(HAVE_NVCC)
+# Golden set A and the data (make test passes it to the tests as VQRT_SHARED).
 SHARED ?= ../shared
 
 .PHONY: demo demo-seg bench test test-python test-cpp venv clean

@@ -3,7 +3,7 @@
 What goes into the bundle, by --backend:
   native       native transformer weights + VQGAN graphs (images decode with ONNX Runtime)
   onnxruntime  transformer prefill/step graphs + VQGAN graphs
-  tensorrt     the ONNX graphs + one TensorRT engine per graph
+  tensorrt     the ONNX graphs + one TensorRT engine per graph and per tiled-decoder conv step
   auto         native weights + every ONNX graph, + engines where TensorRT and a GPU work
 and by --precision (the ONNX graphs are fp32 unless fp16 is asked for):
   fp32  everything fp32

@@ -32,9 +32,9 @@ TensorRT treat it as a shape tensor on the host.
 
 The whole-image buffers between steps are fp16: half the memory of fp32, at one fp16 rounding of
 each stored activation (tiled against whole stays >= 55 dB, tested), and the graphs convert at
-their edges, inside the engine, where it is several times cheaper than numpy's conversion
-(1024x1024, ImageNet-sized decoder: 29.6 s against 39.6 s with numpy converting fp32 graph
-inputs and outputs; BENCHMARKS.md). Everything inside a step computes in fp32.
+their edges, inside the engine, which is cheaper than converting in numpy (1024x1024,
+ImageNet-sized decoder: the whole decode took 29.6 s against 39.6 s with numpy converting fp32
+graph inputs and outputs; BENCHMARKS.md). Everything inside a step computes in fp32.
 
 The zeros where the halo leaves the image come after the norm and swish, where upstream's conv
 pads. Upsample steps (nearest x2, then a 3x3 conv) run as a 3x3 conv on the low-resolution

@@ -15,6 +15,9 @@ the device (CUDA graphs, the device sampler drawing the CPU's Philox stream). On
 thread; prefill, step, draw and generate release the GIL.
 Where the GPU decoder cannot run (a build without CUDA, no device, no libcublas), constructing
 CudaWeights raises CudaUnavailable with the reason. This module never imports torch.
+
+STATUS: compiled and never run on a GPU (no machine this was developed on had one; its GPU tests
+skip with that reason; BENCHMARKS.md says what has run where).
 """
 from __future__ import annotations
 

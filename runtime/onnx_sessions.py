@@ -2,9 +2,9 @@
 one really runs each graph.
 
 ONNX Runtime falls back to the CPU provider silently when the CUDA provider cannot start (no
-driver, no GPU, a missing cuDNN), so the providers asked for say little: `session_providers`
-reads `get_providers()` of the created session, and device "cuda" fails when the CUDA provider
-did not take the graph. This module never imports torch.
+driver, no GPU, a missing cuDNN), so the providers asked for say little: `open_session`
+reads `get_providers()` of the created session (`OrtGraph.providers`, `runs_on_cuda`), and
+device "cuda" fails when the CUDA provider did not take the graph. This module never imports torch.
 """
 from __future__ import annotations
 

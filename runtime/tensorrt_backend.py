@@ -8,7 +8,7 @@ host out, device memory sized by the calls made.
 STATUS: written against the TensorRT 10 Python API documentation and never run: no machine this
 code was developed on had TensorRT (its tests skip with that reason). What it drives from our
 side, vqrt._native.DeviceStream (csrc/device_stream.h: memory, copies, graph capture, the GPU
-sampler), is tested on any machine with a GPU.
+sampler), has GPU tests (tests/test_device_stream.py) that have not run yet either.
 
     engines = TensorRTEngines(bundle)          # deserialized once, shared by every state
     state = TensorRTState(engines, batch=8)    # one generation's KV cache, contexts, graph

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from torch_threads import one_torch_thread
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+from shared_data import GOLDEN
 
 
 def _require_golden() -> None:

@@ -16,8 +16,8 @@ from vqrt.export.native_weights import native_tensors
 from vqrt.runtime.native_decoder import GPTShape, NativeDecoder
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.data import held_out_fraction
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 GOLDEN = SHARED / "golden"
 PHOTOS = SHARED / "data" / "images"
 pytestmark = pytest.mark.skipif(

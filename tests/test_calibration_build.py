@@ -21,9 +21,9 @@ from vqrt.export.build import BuildError, BuildOptions, build_bundle
 from vqrt.runtime.bundle import BundleError, load_bundle
 from vqrt.runtime.generator import Generator
 from vqrt.runtime.params import GenerationParams
+from shared_data import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 GOLDEN = SHARED / "golden"
 PHOTOS = SHARED / "data" / "images"
 DEMO = ROOT / "models" / "demo" / "transformer"

@@ -15,8 +15,8 @@ from vqrt.trainer.checkpoints import (
     CheckpointError, find_config, load_checkpoint, read_config, save_checkpoint)
 from vqrt.trainer.model_config import ConfigError, parse_model_config
 from vqrt.trainer.model_card import model_card
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).parents[1].parent / "shared" / "golden"
 needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                   reason=f"golden data not found at {GOLDEN}")
 

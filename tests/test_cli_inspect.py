@@ -2,14 +2,13 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import vqrt.trainer
 from vqrt.cli import main
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).parents[1].parent / "shared" / "golden"
 needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                   reason=f"golden data not found at {GOLDEN}")
 MODEL = str(GOLDEN / "model.ckpt")

@@ -11,9 +11,10 @@ import torch
 
 from torch_threads import one_torch_thread
 from vqrt.runtime import GenerationParams, Generator
+from shared_data import DATA
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
-PHOTOS = DEMO.parents[2] / "shared" / "data" / "images"
+PHOTOS = DATA / "images"
 
 
 @pytest.fixture(scope="module")

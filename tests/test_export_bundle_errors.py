@@ -13,8 +13,8 @@ from vqrt.cli import main
 from vqrt.export.build import BuildError, BuildOptions, build_bundle
 from vqrt.runtime.bundle import MANIFEST_FILE, BundleError, ParityReport, load_bundle
 from vqrt.runtime.bundle_card import format_parity
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 pytestmark = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                 reason=f"golden data not found at {GOLDEN}")
 QUIET = dict(config=GOLDEN / "transformer.yaml", log=lambda line: None)

@@ -2,14 +2,14 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from vqrt.cli import main
 from vqrt.runtime.bundle import load_bundle
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+from shared_data import GOLDEN
+
 needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                   reason=f"golden data not found at {GOLDEN}")
 MODEL = str(GOLDEN / "model.ckpt")

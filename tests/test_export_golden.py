@@ -6,7 +6,6 @@ fp16: integers exactly too. That rests on measured margins, not luck: the smalle
 margin is 0.0196 and the smallest greedy logit margin 0.0298, while the fp16 graphs' largest
 logit error is ~0.0075 (a gap moves by at most twice that). Images: PSNR >= 40 dB.
 """
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,8 +16,8 @@ from vqrt.export.build import BuildOptions, build_bundle
 from vqrt.export.parity import psnr_db
 from vqrt.runtime.bundle import SCHEMA_VERSION, load_bundle
 from vqrt.runtime.ort_transformer import OrtTransformer, greedy
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 pytestmark = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                 reason=f"golden data not found at {GOLDEN}")
 ATOL = 1e-4

@@ -1,5 +1,4 @@
 """Native transformer weights: layout, precisions, and a reader without torch."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ from vqrt.runtime.bundle import load_bundle
 from vqrt.runtime.safetensors_io import (
     Bf16, SafetensorsError, bf16_bits_to_float32, read_safetensors, write_safetensors)
 from vqrt.trainer.checkpoints import load_checkpoint
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                   reason=f"golden data not found at {GOLDEN}")
 

@@ -16,8 +16,7 @@ from vqrt.export.build import BuildError, BuildOptions, build_bundle
 from vqrt.runtime.bundle import (
     Conditioning, FirstStageSpec, GraphSpec, Limits, TransformerSpec, load_bundle)
 from vqrt.runtime.tiled_decode import ConvStep, program_steps, tile_engine_name
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+from shared_data import GOLDEN
 
 
 def tensorrt_or_skip() -> tensorrt_engines.TensorRTEnvironment:

@@ -4,7 +4,6 @@ Every float reference must match within 1e-4 absolute (measured fp32-vs-fp64 err
 every integer reference exactly. Greedy decoding is checked two ways that must agree: full
 recomputation (the oracle) and the KV-cached path.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ import torch
 
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.models.mingpt import GPT, GPTConfig, greedy_cached, greedy_full, top_k_filter
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).parents[1].parent / "shared" / "golden"
 pytestmark = pytest.mark.skipif(not (GOLDEN / "refs.npz").is_file(),
                                 reason=f"golden data not found at {GOLDEN}")
 ATOL = 1e-4

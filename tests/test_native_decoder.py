@@ -3,7 +3,6 @@ golden set A: fp32 logits of the prefill and of every cached step, greedy tokens
 int8 weights against torch running the same dequantized weights, batch rows against rows alone,
 thread counts, and the argument errors."""
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ import torch
 
 from vqrt.runtime.native_decoder import GPTShape, NativeDecoder
 from vqrt.runtime.sampling import sample_logits
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).parents[1].parent / "shared" / "golden"
 pytestmark = pytest.mark.skipif(not (GOLDEN / "refs.npz").is_file(),
                                 reason=f"golden data not found at {GOLDEN}")
 

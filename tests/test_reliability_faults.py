@@ -23,8 +23,8 @@ from train_helpers import image_subset, needs_data, tiny_vqgan_config
 from vqrt.cli import main
 from vqrt.runtime import image_io
 from vqrt.trainer.training import CHECKPOINTS_DIR, latest_checkpoint
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                   reason=f"golden data not found at {GOLDEN}")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

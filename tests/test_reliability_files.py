@@ -21,8 +21,7 @@ from vqrt.runtime import bundle as bundle_module
 from vqrt.runtime.bundle import MANIFEST_FILE, load_bundle
 from vqrt.runtime.safetensors_io import SafetensorsError, parse_safetensors, write_safetensors
 from vqrt.trainer.checkpoints import CheckpointError, load_checkpoint
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+from shared_data import GOLDEN
 
 
 def one_line(error) -> str:

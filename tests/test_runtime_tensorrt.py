@@ -28,8 +28,8 @@ from vqrt.runtime.onnx_sessions import open_session
 from vqrt.runtime.sampling import sample_logits
 from vqrt.runtime.tensorrt_backend import (
     TensorRTEngines, TensorRTState, tensorrt_unavailable_reason)
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 needs_golden = pytest.mark.skipif(not (GOLDEN / "model.ckpt").is_file(),
                                   reason=f"no golden data at {GOLDEN}")
 REASON = tensorrt_unavailable_reason()

@@ -26,8 +26,8 @@ from vqrt.runtime import GenerationParams, Generator, RequestError, segmentation
 from vqrt.runtime.decoding import WindowedDecoding
 from vqrt.trainer.checkpoints import load_checkpoint
 from vqrt.trainer.models.net2net import Net2NetTransformer
+from shared_data import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 BACKENDS = ("native", "onnxruntime")
 CLASSES = [0, 3]
 

@@ -14,9 +14,10 @@ from vqrt.runtime.first_stage import from_pixels, to_pixels
 from vqrt.runtime.onnx_sessions import open_session
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.tiled_decode import TiledDecoder, _Stats
+from shared_data import DATA, GOLDEN
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "data" / "images"
+PHOTOS = DATA / "images"
 DEMO_VQGAN = ROOT / "models" / "demo" / "vqgan"
 CPU = ("CPUExecutionProvider",)
 
@@ -70,14 +71,13 @@ def _check_tiles(bundle: Path, codes: np.ndarray, tiles) -> None:
 @pytest.fixture(scope="module")
 def golden_large(tmp_path_factory) -> Path:
     """Golden set A built for 256x192 images (a 24x32 latent; the model trained at 64x64)."""
-    golden = ROOT.parent / "shared" / "golden"
-    if not (golden / "model.ckpt").is_file():
-        pytest.skip(f"golden data not found at {golden}")
+    if not (GOLDEN / "model.ckpt").is_file():
+        pytest.skip(f"golden data not found at {GOLDEN}")
     from vqrt.export.build import BuildOptions, build_bundle
     out = tmp_path_factory.mktemp("golden-large") / "bundle"
     with one_torch_thread():
-        build_bundle(golden / "model.ckpt", out, BuildOptions(max_batch=2, max_size=(256, 192)),
-                     config=golden / "transformer.yaml", log=lambda line: None)
+        build_bundle(GOLDEN / "model.ckpt", out, BuildOptions(max_batch=2, max_size=(256, 192)),
+                     config=GOLDEN / "transformer.yaml", log=lambda line: None)
     return out
 
 

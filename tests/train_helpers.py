@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from vqrt.trainer.training import cpu_has_bf16
+from shared_data import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "images").is_dir(),
                                 reason=f"sample data not found at {DATA}")
 # vqrt train refuses --precision bf16 on a CPU that would emulate it (trainer.training).

@@ -236,13 +236,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--data", metavar="DIR", help="image folder (searched recursively)")
-    parser.add_argument("--steps", type=int, help="total optimizer steps")
+    parser.add_argument("--steps", type=int,
+                        help="total optimizer steps (required for a new run)")
     parser.add_argument("--batch-size", type=int, help="images per process and step (default 8)")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--size", type=int, help="training crop side in pixels")
+    parser.add_argument("--lr", type=float,
+                        help="peak learning rate (vqgan: the config's base_learning_rate x "
+                             "batch x processes; transformer: 3e-4)")
+    parser.add_argument("--size", type=int,
+                        help="training crop side in pixels (vqgan: the config's resolution; "
+                             "transformer: the first stage's)")
     parser.add_argument("--seed", type=int, help="seed of weights, data order and crops (0)")
     parser.add_argument("--val-fraction", type=float,
-                        help="share of files held out, chosen by file-name hash (0.1)")
+                        help="share of files held out, chosen by a hash of each file's path "
+                             "(0.1)")
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="steps (1000)")
     parser.add_argument("--sample-every", type=int, metavar="N",
                         help="steps between PNG grids and held-out numbers (500)")
@@ -340,7 +346,7 @@ def _add_eval_parser(commands) -> None:
         "vqgan", help="PSNR, SSIM and codebook usage of a first stage",
         description="PSNR, SSIM, codebook usage (perplexity, dead codes), and LPIPS and rFID "
                     "when given those networks' weights, on the held-out split (the run's, by "
-                    "file-name hash), center crops at --size.")
+                    "a hash of each file's path), center crops at --size.")
     vqgan.add_argument("run_dir", metavar="RUN", help="a vqgan run or vqrt checkpoint folder")
     vqgan.add_argument("--data", required=True, metavar="DIR", help="image folder")
     vqgan.add_argument("--size", type=int,
