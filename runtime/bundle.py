@@ -395,6 +395,11 @@ def check_values(m: Manifest) -> None:
     _positive("manifest.first_stage.training_grid", *fs.training_grid)
     _positive("manifest.first_stage.codebook_size", fs.codebook_size)
     _positive("manifest.first_stage.codebook_dim", fs.codebook_dim)
+    grid_pixels = tuple(side * fs.downsampling_factor for side in fs.training_grid)
+    if grid_pixels != tuple(fs.training_size):
+        raise _value_error("manifest.first_stage.downsampling_factor", fs.downsampling_factor,
+                           f"but the training grid {list(fs.training_grid)} times it is not the "
+                           f"training size {list(fs.training_size)}")
     _positive("manifest.limits.max_batch", m.limits.max_batch)
     _positive("manifest.limits.max_latent", *m.limits.max_latent)
     if m.kind == "vqgan":
@@ -510,6 +515,14 @@ def load_bundle(path: Union[str, Path]) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing, so {root} is not a bundle; build one with "
                           "`vqrt build`")
+    try:
+        return _read_bundle(root, manifest_path)
+    except OSError as e:  # an unreadable file or folder (another user's bundle, a umask)
+        raise BundleError(f"{e.filename or root}: cannot read ({e.strerror}); the user who serves "
+                          "a bundle must be able to read all of it") from None
+
+
+def _read_bundle(root: Path, manifest_path: Path) -> Bundle:
     size = manifest_path.stat().st_size
     if size > MAX_MANIFEST:  # read whole, so bounded first (csrc/bundle.h kMaxManifest)
         raise BundleError(f"{manifest_path}: {size} bytes, more than a manifest's {MAX_MANIFEST};"

@@ -51,7 +51,7 @@ def batch_rows(given: int, batch_size: Optional[int], what: str) -> int:
     if given == 1:
         return batch_size
     raise RequestError(f"batch_size {batch_size} does not match the {given} rows of {what} "
-                       f"(give one row to repeat it, or leave batch_size out)")
+                       f"(give one row to repeat it, or leave batch_size (--batch) out)")
 
 
 class Conditioner:
@@ -65,6 +65,8 @@ class Conditioner:
         self.rule = m.tokenization.prefix
         self.conditioning = m.conditioning
         self.max_batch = m.limits.max_batch
+        self._factor = m.first_stage.downsampling_factor
+        self._max_latent = m.limits.max_latent  # (h, w)
         self._cond_encoder = None
         if self.rule == "cond_encoder":
             # Rows are checked first (_encode_cond); what the engine's profile can still refuse
@@ -145,9 +147,13 @@ class Conditioner:
         if (image_size is not None and self.conditioning.cond_resize is None
                 and (h, w) != tuple(image_size)):
             height, width = image_size
+            f, (max_h, max_w) = self._factor, self._max_latent
+            # Offer the map's size only where the bundle could generate it.
+            servable = h % f == 0 and w % f == 0 and h // f <= max_h and w // f <= max_w
             raise RequestError(f"the condition map is {w}x{h} pixels but the image is "
-                               f"{width}x{height}: they must match (resize the map, or generate "
-                               f"at its size, --size {w}x{h})")
+                               f"{width}x{height}: they must match (resize the map"
+                               + (f", or generate at its size, --size {w}x{h})" if servable
+                                  else f" to {width}x{height})"))
         return np.ascontiguousarray(cond, dtype=np.float32)
 
     def _encode_cond(self, cond: np.ndarray, image_size: Optional[Tuple[int, int]]

@@ -47,7 +47,8 @@ def vqgan_graph(bundle: Bundle, name: str, outputs: Sequence[str],
     if engines is not None and name in bundle.manifest.tensorrt.engines:
         return engines.runner(name, outputs, remedy, load_now)
     # Whole images: with a memory pattern, twice a megapixel encode's need from the second call.
-    return OrtGraph(bundle.graph_path(name), providers, device, num_threads, pattern=False)
+    return OrtGraph(bundle.graph_path(name), providers, device, num_threads, pattern=False,
+                    spec=bundle.manifest.graphs[name])
 
 
 class FirstStage:
@@ -101,9 +102,16 @@ class FirstStage:
 
     def latent_grid(self, size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
         """size (width, height) in pixels, None = training size -> latent (h, w)."""
-        if size is None:
-            return tuple(self.bundle.manifest.first_stage.training_grid)
         f = self.factor
+        if size is None:
+            h, w = self.bundle.manifest.first_stage.training_grid
+            max_h, max_w = self.limits.max_latent
+            if h > max_h or w > max_w:  # a bundle built with --max-size below the training size
+                raise RequestError(f"no size was asked for, and the default, the training size "
+                                   f"{w * f}x{h * f}, exceeds the bundle's largest "
+                                   f"{max_w * f}x{max_h * f}: ask for a size within it "
+                                   f"(--size WxH, or params.size)")
+            return h, w
         for side, value in zip(("width", "height"), size):
             if value % f:
                 low, high = max(f, value - value % f), value - value % f + f

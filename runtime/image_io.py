@@ -32,12 +32,19 @@ def _pil():
     return Image, UnidentifiedImageError
 
 
-def _open(path: Path, modes, what: str) -> np.ndarray:
+LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")  # pillow's names; they blur a label map's edges
+
+
+def _open(path: Path, modes, what: str, labels: bool = False) -> np.ndarray:
     """The image at path as an array, converted to the first of `modes` unless its mode is one
-    of them."""
+    of them. labels: the values are labels, which a lossy format would have changed."""
     Image, UnidentifiedImageError = _pil()
     try:
         with Image.open(path) as image:
+            if labels and image.format in LOSSY_FORMATS:
+                raise RequestError(f"{path}: {what} must be stored losslessly (PNG), not as "
+                                   f"{image.format}, whose compression changes labels where "
+                                   "they meet")
             if image.mode not in modes:
                 if modes[0] != "RGB":
                     raise RequestError(f"{path}: {what} must be a single-channel 8-bit image "
@@ -134,7 +141,11 @@ def read_cond_map(path: PathLike, conditioning: Conditioning) -> np.ndarray:
     if conditioning.kind == "coord":
         return (_open(path, ("L",), "a coordinate map").astype(np.float32) / 255.0)[None, None]
     if conditioning.cond_stage_key == "segmentation":
-        return segmentation_one_hot(_open(path, ("L", "P"), "a label map")[None], channels)
+        labels = _open(path, ("L", "P"), "a label map", labels=True)[None]
+        try:
+            return segmentation_one_hot(labels, channels)
+        except RequestError as e:
+            raise RequestError(f"{path}: {e}") from None
     if channels == 1:
         return read_depth_map(path)[None, None]
     if channels == 3:

@@ -4,18 +4,21 @@ one really runs each graph.
 ONNX Runtime falls back to the CPU provider silently when the CUDA provider cannot start (no
 driver, no GPU, a missing cuDNN), so the providers asked for say little: `open_session`
 reads `get_providers()` of the created session (`OrtGraph.providers`, `runs_on_cuda`), and
-device "cuda" fails when the CUDA provider did not take the graph. This module never imports torch.
+device "cuda" fails when the CUDA provider did not take the graph. A session opened with the
+manifest's GraphSpec is checked against it: a graph swapped for another (hashes rewritten to
+match) is refused when it opens, not as onnxruntime's missing-input error after sampling.
+This module never imports torch.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from vqrt.runtime.bundle import REBUILD, BundleError
+from vqrt.runtime.bundle import REBUILD, BundleError, GraphSpec, TensorSpec
 from vqrt.runtime.params import RequestError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -82,15 +85,41 @@ def open_session(path: Path, providers: Tuple[str, ...], device: str, num_thread
     return session
 
 
+# The manifest's dtype names as ONNX Runtime reports a tensor's type.
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+              "int32": "tensor(int32)", "uint8": "tensor(uint8)"}
+
+
+def check_interface(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+    """The session's inputs and outputs (names and element types) are the manifest's."""
+    def described(tensors) -> str:
+        return ", ".join(f"{name} {kind}" for name, kind in sorted(tensors.items()))
+
+    def expected(specs: Tuple[TensorSpec, ...]) -> Dict[str, str]:
+        return {t.name: _ORT_TYPES.get(t.dtype, t.dtype) for t in specs}
+
+    found_in = {i.name: i.type for i in session.get_inputs()}
+    found_out = {o.name: o.type for o in session.get_outputs()}
+    want_in, want_out = expected(spec.inputs), expected(spec.outputs)
+    if (found_in, found_out) != (want_in, want_out):
+        raise BundleError(f"{path}: the graph takes {described(found_in)} and gives "
+                          f"{described(found_out)}, but the manifest says {described(want_in)} "
+                          f"-> {described(want_out)}; {REBUILD}")
+
+
 class OrtGraph:
     """One graph on ONNX Runtime with the interface of the TensorRT runners
     (runtime/tensorrt_backend.py): run(feeds) -> the outputs in the graph's order. session.run
-    is thread-safe. spin, arena, pattern: as open_session's."""
+    is thread-safe. spin, arena, pattern: as open_session's. spec: the manifest's description
+    of the graph, checked against the session (check_interface)."""
 
     def __init__(self, path: Path, providers: Tuple[str, ...], device: str, num_threads: int, *,
-                 spin: bool = True, arena: bool = True, pattern: bool = True):
+                 spin: bool = True, arena: bool = True, pattern: bool = True,
+                 spec: Optional[GraphSpec] = None):
         self.session = open_session(path, providers, device, num_threads, spin=spin,
                                     arena=arena, pattern=pattern)
+        if spec is not None:
+            check_interface(self.session, spec, path)
 
     def providers(self) -> Tuple[str, ...]:
         return tuple(self.session.get_providers())

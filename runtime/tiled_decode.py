@@ -61,6 +61,16 @@ STORAGE = np.dtype(np.float16)  # of the whole-image buffers between tile steps 
 FP16_MAX = 65504.0
 
 
+def check_tiled_decoder_format(bundle: Bundle) -> None:
+    """Every image decodes through the tiled decoder's program: a bundle whose program this
+    vqrt does not read cannot make images (`vqrt inspect` says so too)."""
+    spec = bundle.manifest.tiled_decoder
+    if spec is None or spec.format != FORMAT:
+        found = "none" if spec is None else spec.format
+        raise BundleError(f"{bundle.path}: the bundle's tiled decoder is {found}, this vqrt "
+                          f"reads {FORMAT}; {REBUILD} of this vqrt")
+
+
 @dataclass(frozen=True)
 class ConvStep:
     name: str
@@ -336,11 +346,8 @@ class TiledDecoder:
 
     def __init__(self, bundle: Bundle, providers: Tuple[str, ...], device: str,
                  num_threads: int, engine: str = "auto"):
+        check_tiled_decoder_format(bundle)
         spec: TiledDecoderSpec = bundle.manifest.tiled_decoder
-        if spec is None or spec.format != FORMAT:
-            found = "none" if spec is None else spec.format
-            raise BundleError(f"{bundle.path}: the bundle's tiled decoder is {found}, this vqrt "
-                              f"reads {FORMAT}; {REBUILD} of this vqrt")
         try:
             document = loads_strict(bundle.file(spec.program).read_bytes())
             self.tensors, _, _ = read_safetensors(bundle.file(spec.tensors))
@@ -363,7 +370,8 @@ class TiledDecoder:
                 return _OpenVinoGraph(path, num_threads)
             if step:  # one of dozens run one after another
                 return OrtGraph(path, providers, device, num_threads, spin=False, arena=False)
-            return OrtGraph(path, providers, device, num_threads, pattern=False)  # whole images
+            return OrtGraph(path, providers, device, num_threads, pattern=False,  # whole images
+                            spec=bundle.manifest.graphs["decoder"])
 
         convs = [s for s in self.steps if isinstance(s, ConvStep)]
         engines = bundle.manifest.tensorrt.engines if engine == "tensorrt" else {}
@@ -496,8 +504,10 @@ class TiledDecoder:
             result = self._tiled(shapes, tiles)
             if max_memory is None or result.peak_bytes <= max_memory:
                 return result
-        hint = "use a smaller --tile or a larger budget" if tile is not None else (
-            "decode a smaller image or fewer images at once, or raise the budget")
+        if tile is not None and tile > 1:
+            hint = "use a smaller --tile or a larger budget"
+        else:
+            hint = "decode a smaller image or fewer images at once, or raise the budget"
         raise RequestError(f"decoding a {h}x{w} latent (batch {batch}) needs at least "
                            f"{_mib(result.peak_bytes)} with {result.describe()}, over "
                            f"--max-memory {_mib(max_memory)}: {hint}")

@@ -52,7 +52,7 @@ def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
 # --- vqrt build, interrupted --------------------------------------------------------------------
 
 @needs_golden
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_build_interrupted_leaves_no_bundle(tmp_path, signal_number):
     out = tmp_path / "bundle"
     process = subprocess.Popen(
@@ -65,8 +65,10 @@ def test_build_interrupted_leaves_no_bundle(tmp_path, signal_number):
     process.send_signal(signal_number)
     _, err = process.communicate(timeout=60)
     assert not out.exists()
-    if signal_number == signal.SIGINT:  # cleaned up, reported in one line
-        assert process.returncode == 130 and err.strip().splitlines()[-1] == "vqrt: interrupted"
+    if signal_number in (signal.SIGINT, signal.SIGTERM):  # cleaned up, reported in one line
+        # TERM is what timeout, docker stop and a CI cancel send: handled as a Ctrl-C.
+        code, word = (130, "interrupted") if signal_number == signal.SIGINT else (143, "terminated")
+        assert process.returncode == code and err.strip().splitlines()[-1] == f"vqrt: {word}"
         assert "Traceback" not in err and staging() == []
     else:  # nothing ran after the kill: only the hidden staging folder can remain
         assert process.returncode == -signal.SIGKILL

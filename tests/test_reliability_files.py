@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from vqrt.cli import main
-from vqrt.runtime import BundleError, Generator
+from vqrt.runtime import BundleError, GenerationParams, Generator, RequestError
 from vqrt.runtime import bundle as bundle_module
 from vqrt.runtime.bundle import MANIFEST_FILE, load_bundle
 from vqrt.runtime.safetensors_io import SafetensorsError, parse_safetensors, write_safetensors
@@ -72,6 +72,9 @@ def setter(*path_and_value):
     (setter("limits", "max_latent", [-1, 8]), "manifest.limits.max_latent is -1"),
     (setter("first_stage", "downsampling_factor", 0), "downsampling_factor is 0"),
     (setter("first_stage", "training_grid", [0, 8]), "training_grid is 0"),
+    (setter("first_stage", "downsampling_factor", 16),  # would halve every image asked for
+     "downsampling_factor is 16, but the training grid [8, 8] times it is not the training size "
+     "[64, 64]"),
     (setter("conditioning", "n_classes", 1000), "n_classes is 1000, not in [1, vocabulary 256]"),
     (setter("first_stage", "codebook_size", 300),
      "codebook_size is 300, more than the transformer's vocabulary of 256"),
@@ -94,6 +97,48 @@ def test_manifest_values_are_checked(bundle, change, expected):
     with pytest.raises(BundleError) as error:
         load_bundle(bundle)
     assert expected in one_line(error)
+
+
+def test_default_size_beyond_the_bundle_says_to_ask_for_a_size(bundle):
+    """A bundle built with --max-size below its training size: the request that gave no size
+    is told so, not that it "requested" the training size."""
+    edit_manifest(bundle, setter("limits", "max_latent", [4, 4]))
+    generator = Generator(bundle, backend="native", device="cpu", num_threads=1)
+    with pytest.raises(RequestError) as error:
+        generator.start(class_labels=[1])
+    assert one_line(error) == ("no size was asked for, and the default, the training size 64x64, "
+                               "exceeds the bundle's largest 32x32: ask for a size within it "
+                               "(--size WxH, or params.size)")
+    generator.start(class_labels=[1], params=GenerationParams(size=(32, 32)))
+
+
+def test_swapped_graph_is_refused_when_it_opens(bundle):
+    """decoder.onnx replaced by the encoder, its size and SHA-256 rewritten to match: refused
+    as the Generator opens it, naming both interfaces, instead of onnxruntime's missing-input
+    error after the whole sampling."""
+    shutil.copyfile(bundle / "encoder.onnx", bundle / "decoder.onnx")
+    data = (bundle / "decoder.onnx").read_bytes()
+
+    def rehash(document):
+        entry = next(f for f in document["files"] if f["path"] == "decoder.onnx")
+        entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    edit_manifest(bundle, rehash)
+    with pytest.raises(BundleError) as error:
+        Generator(bundle, backend="native", device="cpu", num_threads=1)
+    assert ("decoder.onnx: the graph takes image tensor(float) and gives indices tensor(int64), "
+            "but the manifest says indices tensor(int64) -> image tensor(float)") in one_line(error)
+
+
+def test_unreadable_bundle_file_is_one_line(bundle, monkeypatch):
+    """A bundle another user built (or a umask of 077): the file and the cause, not an OSError
+    from deep in the checks. Simulated, as the tests may run as root."""
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(bundle_module, "sha256_file", denied)
+    with pytest.raises(BundleError) as error:
+        load_bundle(bundle)
+    assert ": cannot read (Permission denied); the user who serves a bundle must be able to " \
+           "read all of it" in one_line(error)
 
 
 def test_oversized_manifest_is_refused_before_reading(bundle, monkeypatch):
@@ -291,6 +336,20 @@ def test_truncated_vqrt_checkpoint(tmp_path):
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(directory)
     assert "model.safetensors: not a readable safetensors file" in one_line(error)
+
+
+@needs_golden
+def test_config_whose_tokens_leave_the_vocabulary(tmp_path):
+    """Class tokens share the transformer's vocabulary (class c is token c): such a config would
+    build a bundle every command refuses, so the checkpoint reader refuses it, naming the field."""
+    config = tmp_path / "transformer.yaml"
+    text = (GOLDEN / "transformer.yaml").read_text()
+    assert "n_classes: 8\n" in text
+    config.write_text(text.replace("n_classes: 8\n", "n_classes: 300\n", 1))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(GOLDEN / "model.ckpt", config)
+    assert ("model.params.cond_stage_config.params.n_classes 300 puts the last class token (299) "
+            "outside the transformer's vocabulary [0, 256)") in one_line(error)
 
 
 @pytest.mark.parametrize("name, text", [

@@ -2,7 +2,10 @@
 exit code 2 with no output file. Complements test_runtime_errors.py and test_runtime_cli.py
 (class ids, batch and size limits, top_k, codes, params fields: not repeated here)."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,7 +114,7 @@ def test_temperature_that_overflows_the_logits(generator):
     (dict(class_labels=[1], prefix_tokens=np.full((1, 2), -3)),
      "prefix_tokens holds code -3, outside the codebook's [0, 256)"),
     (dict(class_labels=[1], params=GenerationParams(window_stride=20)),
-     "window_stride 20 must be in [1, 8]"),
+     "window_stride (--window-stride) 20 must be in [1, 8]"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_request_values(generator, request_kwargs, expected):
     with pytest.raises(RequestError) as error:
@@ -158,8 +161,11 @@ def test_segmentation_map_of_the_wrong_size(segmentation_bundle, size):
     cond = segmentation_one_hot(np.zeros((1, height, width), np.int64), 5)
     with pytest.raises(RequestError) as error:
         generator.start(cond=cond)
-    assert (f"the condition map is {width}x{height} pixels but the image is 16x16"
-            in one_line(error))
+    # The map's own size is offered only where the bundle can generate it (at most 16x16).
+    remedy = ("resize the map to 16x16)" if size == (32, 32)
+              else f"resize the map, or generate at its size, --size {width}x{height})")
+    assert (f"the condition map is {width}x{height} pixels but the image is 16x16: they must "
+            f"match ({remedy}" in one_line(error))
 
 
 # --- the CLI: exit 2, one line, no output file ------------------------------------------------
@@ -244,6 +250,55 @@ def test_cli_segmentation_png_with_unknown_labels(segmentation_bundle, tmp_path,
                                              tmp_path / "a.png", "--cond", labels],
                           "label map holds label 9, but the model has 5 labels")
     assert left == ["labels.png"]
+
+
+def test_cli_segmentation_map_saved_as_jpeg(segmentation_bundle, tmp_path, capsys):
+    """JPEG invents labels where regions meet: refused by format, before its labels are read."""
+    labels = tmp_path / "labels.jpg"
+    Image.fromarray(np.full((16, 16), 3, np.uint8), mode="L").save(labels)
+    left = assert_refused(capsys, tmp_path, ["generate", segmentation_bundle, "-o",
+                                             tmp_path / "a.png", "--cond", labels],
+                          "labels.jpg: a label map must be stored losslessly (PNG), not as JPEG")
+    assert left == ["labels.jpg"]
+
+
+def test_cli_outputs_are_checked_before_any_work(golden_bundle, tmp_path, capsys, monkeypatch):
+    """An output that cannot be written is refused before the bundle is even opened (a
+    megapixel run takes minutes), and no command overwrites its own input."""
+    import vqrt.runtime
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started its work")
+    monkeypatch.setattr(vqrt.runtime, "Generator", no_work)
+    (tmp_path / "a.png").mkdir()
+    tokens = tmp_path / "t.npy"
+    np.save(tokens, np.zeros((1, 8, 8), np.int64))
+    assert_refused(capsys, tmp_path, ["generate", golden_bundle, "-o", tmp_path / "a.png",
+                                      "--class", 1], "a.png: is a directory; name a file")
+    assert_refused(capsys, tmp_path, ["decode", golden_bundle, "--tokens", tokens, "-o", tokens],
+                   "t.npy: is also --tokens; write the output to another file")
+    assert_refused(capsys, tmp_path, ["encode", golden_bundle, "--input", tokens,
+                                      "--save-tokens", tmp_path / "." / "t.npy"],
+                   "t.npy: is also --input")
+    # Root writes anywhere, so the unwritable folder is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    left = assert_refused(capsys, tmp_path, ["generate", golden_bundle, "-o",
+                                             tmp_path / "b.png", "--class", 1],
+                          f"the folder {tmp_path} is not writable by this user")
+    assert left == ["a.png", "t.npy"] and np.load(tokens).dtype == np.int64
+
+
+def test_cli_survives_a_closed_stdout(golden_bundle, tmp_path):
+    """`vqrt generate ... | head -1`: a reader that goes away drops what is printed after it,
+    never the work, and never with a traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vqrt", "generate", str(golden_bundle), "-o",
+         str(tmp_path / "a.png"), "--class", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+    assert (tmp_path / "a.png").is_file()
 
 
 def test_cli_missing_bundle(tmp_path, capsys):

@@ -48,6 +48,7 @@ def test_bad_requests_name_both_numbers(generator, request_kwargs, expected):
     (dict(top_p=0.0), "top_p must be in (0, 1], got 0.0"),
     (dict(top_p=1.5), "top_p must be in (0, 1]"),
     (dict(temperature=0), "temperature must be > 0, got 0"),
+    (dict(temperature=1e-300), "temperature 1e-300 is 0 in float32"),
     (dict(temperature=float("nan")), "temperature must be finite"),
     (dict(seed=-1), "seed must be in [0, 18446744073709551616), got -1"),
     (dict(seed=2**64), "seed must be in"),

@@ -157,7 +157,8 @@ def test_states_that_keep_their_logits_slide_the_same(large_bundle, stride):
 
 def test_stride_must_fit_the_window(generators):
     generator = generators["native"]
-    with pytest.raises(RequestError, match=r"window_stride 9 must be in \[1, 8\] .*8x8"):
+    with pytest.raises(RequestError,
+                       match=r"window_stride \(--window-stride\) 9 must be in \[1, 8\] .*8x8"):
         generator.start(class_labels=[1], params=GenerationParams(window_stride=9))
     with pytest.raises(RequestError, match="window_stride must be >= 1, got 0"):
         GenerationParams(window_stride=0)
@@ -217,6 +218,7 @@ def test_window_must_fit_the_block(golden_bundle, tmp_path):
     shutil.copytree(golden_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["first_stage"]["training_grid"] = [9, 8]
+    manifest["first_stage"]["training_size"] = [72, 64]  # the grid times f = 8, as checked
     manifest["limits"]["max_latent"] = [16, 16]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     generator = Generator(bundle, backend="native", num_threads=1)

@@ -171,6 +171,8 @@ def test_memory_plan_picks_a_tile_that_fits_and_refuses_what_cannot(golden_large
         decoder.plan(2, 24, 32, max_memory=t4.buffer_bytes // 2)
     with pytest.raises(RequestError, match="use a smaller --tile"):
         decoder.plan(2, 24, 32, tile=8, max_memory=t4.buffer_bytes // 2)
+    with pytest.raises(RequestError, match="decode a smaller image"):  # no smaller tile exists
+        decoder.plan(2, 24, 32, tile=1, max_memory=t4.buffer_bytes // 2)
     with pytest.raises(RequestError, match="tile must be at least 1"):
         decoder.plan(2, 24, 32, tile=0)
 

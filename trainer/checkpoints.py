@@ -112,6 +112,8 @@ def read_config(path: PathLike) -> Mapping[str, Any]:
         raise CheckpointError(f"{path}: not a valid config ({problem})")
     except RecursionError:  # both parsers recurse once per nesting level
         raise CheckpointError(f"{path}: not a valid config (nested too deeply)") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the config ({e.strerror})") from None
     if not isinstance(document, Mapping) or not isinstance(document.get("model"), Mapping):
         raise CheckpointError(f"{path}: no model: section; expected an upstream taming config "
                               "(model.target, model.params)")
@@ -277,8 +279,11 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
 
 def _check_torch_file(path: Path) -> None:
     """Rejects what cannot be a torch.save file from its first bytes, before any config lookup."""
-    with open(path, "rb") as f:
-        head = f.read(512)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
     # torch.save writes a zip archive (PK..) or, before torch 1.6, a protocol-2 pickle (0x80).
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise CheckpointError(_describe_non_pickle(path, head))
@@ -442,6 +447,9 @@ def _explain_kind(found: Mapping[str, torch.Size], spec: ModelSpec) -> List[str]
         return [f"the checkpoint holds a Net2NetTransformer (first_stage_model.*, transformer.* "
                 f"keys) but model.target is {spec.target}"]
     if spec.kind == "net2net" and not is_net2net:
+        if any(k.startswith("module.first_stage_model.") for k in found):
+            return ["every key starts with DistributedDataParallel's module. prefix: save "
+                    "model.module.state_dict(), or strip the prefix from the keys"]
         return [f"the checkpoint holds no first_stage_model.* keys (a lone first stage?) but "
                 f"model.target is {spec.target}"]
     if spec.kind == "net2net":

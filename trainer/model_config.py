@@ -192,21 +192,41 @@ def _parse_gpt(block: Any, where: str) -> GPTConfig:
     return cfg
 
 
-def _parse_cond(block: Any, where: str, sos_token: int, unconditional: bool) -> CondConfig:
+def _in_vocabulary(where: str, value: int, token: int, vocab_size: int, what: str) -> None:
+    """The prefix tokens share the transformer's vocabulary: upstream would index past its
+    embedding table at the first sample, so such a config is refused here. value: the field's
+    value at `where`; token: the largest (or only) token it makes."""
+    if not 0 <= token < vocab_size:
+        raise ConfigError(f"{where} {value} puts {what} ({token}) outside the transformer's "
+                          f"vocabulary [0, {vocab_size}) (transformer_config.params.vocab_size)")
+
+
+def _parse_cond(block: Any, where: str, sos_token: int, sos_where: str, unconditional: bool,
+                vocab_size: int) -> CondConfig:
     if unconditional or block == UNCONDITIONAL_COND:
+        _in_vocabulary(sos_where, sos_token, sos_token, vocab_size, "the start token")
         return UncondConfig(sos_token)
     if block == FIRST_STAGE_COND:
         return FirstStageCondConfig()
     target, params = _target_and_params(block, where)
     if target in (VQMODEL, VQSEGMENTATION, GUMBELVQ):
-        return _parse_vq(target, params, f"{where}.params")
+        cfg = _parse_vq(target, params, f"{where}.params")
+        _in_vocabulary(f"{where}.params.n_embed", cfg.n_embed, cfg.n_embed - 1, vocab_size,
+                       "the cond stage's last code")
+        return cfg
     p = _Params(params, f"{where}.params")
     if target == LABELATOR:
         cfg = ClassCondConfig(p.take_positive("n_classes"))
+        _in_vocabulary(p.path("n_classes"), cfg.n_classes, cfg.n_classes - 1, vocab_size,
+                       "the last class token")
     elif target == SOS_PROVIDER:
         cfg = UncondConfig(p.take("sos_token", int))
+        _in_vocabulary(p.path("sos_token"), cfg.sos_token, cfg.sos_token, vocab_size,
+                       "the start token")
     elif target == COORD_STAGE:
         cfg = CoordCondConfig(p.take_positive("n_embed"), p.take_positive("down_factor"))
+        _in_vocabulary(p.path("n_embed"), cfg.n_embed, cfg.n_embed, vocab_size,
+                       "the largest coordinate token")
     else:
         raise ConfigError(
             f"{where}.target {target} is not supported (supported: {LABELATOR}, {SOS_PROVIDER}, "
@@ -237,7 +257,8 @@ def _parse_net2net(params: Any, where: str) -> Net2NetConfig:
     sos_token = p.take("sos_token", int, 0)
     unconditional = p.take("unconditional", bool, False)
     cond = _parse_cond(p.take("cond_stage_config", (Mapping, str)),
-                       p.path("cond_stage_config"), sos_token, unconditional)
+                       p.path("cond_stage_config"), sos_token, p.path("sos_token"),
+                       unconditional, transformer.vocab_size)
     cfg = Net2NetConfig(
         first_stage=first_stage, cond=cond, transformer=transformer,
         first_stage_key=p.take("first_stage_key", str, "image"),

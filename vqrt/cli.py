@@ -4,8 +4,11 @@ One function per subcommand (`run_<name>(args) -> int`), registered in `build_pa
 user errors (a missing file, a file that is not a checkpoint, a config that does not match the
 weights, a missing optional dependency) are raised as CommandError and printed as one line,
 `vqrt: error: <message>`, with exit code 2; `--debug` prints the traceback as well. So is an
-OSError for a full disk, a quota or a read-only file system. Anything else is a bug and keeps
-its traceback.
+OSError for a full disk, a quota, a read-only file system or a file the user may not read or
+write. Anything else is a bug and keeps its traceback. A TERM (timeout, docker stop, a CI
+cancel) is handled as a Ctrl-C: what was being written is cleaned up, exit 143. A reader that
+closes stdout early (`vqrt build ... | head -1`) never fails the work: what is printed after that
+is dropped.
 
 This module imports neither torch nor numpy: commands import what they need when they run, so
 `vqrt --help` works on a runtime-only install.
@@ -17,8 +20,11 @@ import contextlib
 import errno
 import importlib
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -26,8 +32,10 @@ from typing import Callable, List, Optional
 EXIT_OK = 0
 EXIT_USER_ERROR = 2  # also what argparse uses for bad usage
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 # OSError numbers reported in one line: no space left, quota exceeded, read-only file system.
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
 
 # Modules of the `train` extra; a command needing one reports how to install it.
 _TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy", "PIL", "tqdm", "onnx")
@@ -35,6 +43,45 @@ _TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy", "PIL", "tqdm", 
 
 class CommandError(Exception):
     """An expected failure with a one-line message for the user."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that everything that cleans up after a Ctrl-C
+    (a bundle's staging folder, an image's temporary file) does so after a TERM too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+class _DroppingStdout:
+    """sys.stdout for a command whose reader may go away (`vqrt build ... | head -1`): after a
+    broken pipe the descriptor points at /dev/null, so later output, and the flush at exit, go
+    nowhere instead of failing the work in the middle."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _import_train_extra(command: str, module: str):
@@ -59,10 +106,15 @@ def _inspect_bundle(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.path)
     except BundleError as e:
         raise CommandError(str(e)) from e
+    from vqrt.runtime.tiled_decode import check_tiled_decoder_format
     if args.json:
         sys.stdout.write(manifest_json(bundle.manifest))
     else:
         print(format_bundle(bundle))
+    try:  # the card is what the bundle says; whether this vqrt can run it is said after it
+        check_tiled_decoder_format(bundle)
+    except BundleError as e:
+        raise CommandError(str(e)) from e
     return EXIT_OK
 
 
@@ -379,12 +431,27 @@ def _check_suffix(option: str, path: str, allowed) -> str:
     return suffix
 
 
-def _check_folders(*outputs) -> None:
-    """Before any work: every output's folder exists, so a command that writes two files never
-    fails on the second after writing the first."""
+def _check_outputs(outputs, inputs=()) -> None:
+    """Before any work (a megapixel run takes minutes): every output can be written where it
+    is named, so a command never fails after the work, nor on its second file after writing
+    the first, and never overwrites its own input. outputs and inputs: (option, path) pairs,
+    a path None where the option was not given."""
     for option, path in outputs:
-        if path and not Path(path).parent.is_dir():
-            raise CommandError(f"{option} {path}: the folder {Path(path).parent} does not exist")
+        if not path:
+            continue
+        target, folder = Path(path), Path(path).parent
+        if not folder.is_dir():
+            raise CommandError(f"{option} {path}: the folder {folder} does not exist")
+        if target.is_dir():
+            raise CommandError(f"{option} {path}: is a directory; name a file")
+        # Files are written to a temporary name in the folder and renamed over the target.
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CommandError(f"{option} {path}: the folder {folder} is not writable by this "
+                               "user; write elsewhere")
+        for input_option, input_path in inputs:
+            if input_path and Path(input_path).resolve() == target.resolve():
+                raise CommandError(f"{option} {path}: is also {input_option}; write the output "
+                                   "to another file")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -392,7 +459,8 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_suffix("-o", args.output, (".png",))
     if args.save_tokens:
         _check_suffix("--save-tokens", args.save_tokens, (".npy",))
-    _check_folders(("-o", args.output), ("--save-tokens", args.save_tokens))
+    _check_outputs([("-o", args.output), ("--save-tokens", args.save_tokens)],
+                   [("--cond", args.cond)])
     with _runtime_errors():
         params = GenerationParams(top_k=args.top_k, top_p=args.top_p,
                                   temperature=args.temperature, greedy=args.greedy,
@@ -417,15 +485,16 @@ def run_generate(args: argparse.Namespace) -> int:
     decoding = t.prefill_s + t.steps_s + t.sampling_s
     print(f"vqrt generate: wrote {args.output} ({batch} image{'s' if batch > 1 else ''} "
           f"{width}x{height}{', a grid' if batch > 1 else ''}; backend {result.backend}; "
-          f"{per_row} tokens per row in {decoding:.2f} s, {batch * per_row / decoding:.0f} "
-          f"tokens/s; decoder {t.image_decode_s:.2f} s; seeds {params.seed}.."
-          f"{params.seed + batch - 1})")
+          f"{per_row} token{'s' if per_row > 1 else ''} per row in {decoding:.2f} s, "
+          f"{batch * per_row / decoding:.0f} tokens/s; decoder {t.image_decode_s:.2f} s; seeds "
+          f"{params.seed}..{(params.seed + batch - 1) % 2 ** 64})")
     return EXIT_OK
 
 
 def run_decode(args: argparse.Namespace) -> int:
     from vqrt.runtime import Generator, image_io
     suffix = _check_suffix("-o", args.output, (".png", ".npy"))
+    _check_outputs([("-o", args.output)], [("--tokens", args.tokens)])
     with _runtime_errors():
         tokens = image_io.read_npy(args.tokens)
         generator = Generator(args.bundle, device=args.device, **_decoder_options(args))
@@ -441,6 +510,7 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_encode(args: argparse.Namespace) -> int:
     from vqrt.runtime import Generator, from_pixels, image_io
     _check_suffix("--save-tokens", args.save_tokens, (".npy",))
+    _check_outputs([("--save-tokens", args.save_tokens)], [("--input", args.input)])
     with _runtime_errors():
         if Path(args.input).suffix.lower() == ".npy":
             images = image_io.read_npy(args.input)
@@ -586,6 +656,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # argparse has printed usage or help
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     run: Callable[[argparse.Namespace], int] = args.run
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    stdout = sys.stdout
+    sys.stdout = guarded = _DroppingStdout(stdout)
     try:
         return run(args)
     except CommandError as e:
@@ -595,16 +669,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USER_ERROR
     except OSError as e:
         # A full disk, a quota or a read-only folder while a command writes (a training run's
-        # checkpoints, say) is the machine's state, not a bug: one line naming the file.
-        if e.errno not in _STORAGE_ERRNOS:
+        # checkpoints, say), or a file this user may not read, is the machine's state, not a
+        # bug: one line naming the file.
+        if e.errno not in _STORAGE_ERRNOS + _PERMISSION_ERRNOS:
             raise
         if args.debug:
             traceback.print_exc()
         where = f"{e.filename}: " if e.filename else ""
-        print(f"vqrt: error: {where}cannot write ({e.strerror})", file=sys.stderr)
+        what = ("permission denied (check the owner and mode of the file and of its folders)"
+                if e.errno in _PERMISSION_ERRNOS else f"cannot write ({e.strerror})")
+        print(f"vqrt: error: {where}{what}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:  # Ctrl-C: what was being written has been cleaned up by now
+    except KeyboardInterrupt as e:  # what was being written has been cleaned up by now
         if args.debug:
             traceback.print_exc()
-        print("vqrt: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        terminated = isinstance(e, Terminated)
+        print(f"vqrt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        guarded.flush()  # here, where a broken pipe is dropped, not at exit
+        sys.stdout = stdout
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
