@@ -49,10 +49,13 @@ test: test-cpp test-python
 
 # The demo: build the bundle of the demo model (models/demo, trained here on ../shared/data), then
 # generate a sample grid at the training size and a larger image by sliding-window sampling.
+# A bundle is remade when the code that writes it changes (an editable install does not say so),
+# and the extension is current before anything runs.
+BUNDLE_CODE := $(wildcard export/*.py trainer/*.py trainer/models/*.py runtime/bundle.py)
 DEMO_BUNDLE := build/demo/bundle
 DEMO_SIZE ?= 1024x1024
 DEMO_WINDOW_STRIDE ?= 1
-$(DEMO_BUNDLE)/manifest.json: $(VENV)/.installed $(wildcard models/demo/transformer/*)
+$(DEMO_BUNDLE)/manifest.json: build/.native-stamp $(BUNDLE_CODE) $(wildcard models/demo/transformer/*)
 	$(VENV)/bin/vqrt build models/demo/transformer -o $(DEMO_BUNDLE) --max-size 1024x1024 --force
 
 demo: $(DEMO_BUNDLE)/manifest.json
@@ -71,7 +74,7 @@ DEMO_SEG_BUNDLE := build/demo-seg/bundle
 DEMO_SEG_MAP ?= $(SHARED)/data/sflckr/segmentations/canada/2883773_881c197107_c.png
 DEMO_SEG_SIZE ?= 1024x1024
 DEMO_SEG_WINDOW_STRIDE ?= 8
-$(DEMO_SEG_BUNDLE)/manifest.json: $(VENV)/.installed $(wildcard models/demo-seg/transformer/*)
+$(DEMO_SEG_BUNDLE)/manifest.json: build/.native-stamp $(BUNDLE_CODE) $(wildcard models/demo-seg/transformer/*)
 	$(VENV)/bin/vqrt build models/demo-seg/transformer -o $(DEMO_SEG_BUNDLE) --max-size 1024x1024 --force
 
 demo-seg: $(DEMO_SEG_BUNDLE)/manifest.json

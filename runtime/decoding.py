@@ -110,9 +110,9 @@ def new_decoding(states: StatePool, prefix: np.ndarray, *,
     """
     h, w = grid
     if not 1 <= stride <= window[1]:
-        raise RequestError(f"window_stride (--window-stride) {stride} must be in [1, "
-                           f"{window[1]}] (the "
-                           f"transformer's training grid is {window[0]}x{window[1]})")
+        raise RequestError(f"window_stride (--window-stride) {stride} must be in "
+                           f"[1, {window[1]}] (the transformer's training grid is "
+                           f"{window[0]}x{window[1]})")
     if prefix.shape[1] + h * w - 1 <= block:
         return CachedDecoding(states.take(tokens.shape[0]), prefix, tokens)
     plan = _native.SlidingWindow(h, w, window[0], window[1], stride)

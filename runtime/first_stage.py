@@ -9,6 +9,7 @@ This module never imports torch.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,6 +19,8 @@ from vqrt.runtime.onnx_sessions import OrtGraph
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.tensorrt_backend import REBUILD_LARGER, TensorRTGraphs, TensorRTRunner
 from vqrt.runtime.tiled_decode import TiledDecoder, TilePlan
+
+IMAGE_RANGE_BOUND = 1.5  # what encode accepts around [-1, 1] (see FirstStage.encode)
 
 
 def to_pixels(decoded: np.ndarray) -> np.ndarray:
@@ -148,6 +151,14 @@ class FirstStage:
         self.check_batch(images.shape[0])
         self.latent_grid((images.shape[3], images.shape[2]))
         images = np.ascontiguousarray(images, dtype=np.float32)
+        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise RequestError("images hold NaN or infinite values")
+        # Resampling (bicubic, Lanczos) overshoots [-1, 1] a little; beyond this bound the
+        # input is on another scale, most often 0..255 pixels, and would encode to nonsense.
+        if low < -IMAGE_RANGE_BOUND or high > IMAGE_RANGE_BOUND:
+            raise RequestError(f"images must be in [-1, 1], got values in [{low:.4g}, {high:.4g}] "
+                               "(from_pixels makes them from uint8 pixels)")
         return self._encoder.run({"image": images})[0]
 
     def plan_decode(self, batch: int, h: int, w: int, tile: Optional[int] = None,

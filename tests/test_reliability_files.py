@@ -352,6 +352,17 @@ def test_config_whose_tokens_leave_the_vocabulary(tmp_path):
             "outside the transformer's vocabulary [0, 256)") in one_line(error)
 
 
+@needs_golden
+def test_checkpoint_with_non_finite_weights_names_the_tensor(tmp_path):
+    checkpoint = torch.load(GOLDEN / "model.ckpt", map_location="cpu", weights_only=False)
+    checkpoint["state_dict"]["transformer.head.weight"][3, 5] = float("nan")
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "model.ckpt", GOLDEN / "transformer.yaml")
+    assert ("model.ckpt: transformer.head.weight holds NaN or infinite values (a damaged file, or "
+            "a run that diverged): use an earlier checkpoint") in one_line(error)
+
+
 @pytest.mark.parametrize("name, text", [
     ("deep.yaml", "model: " + "[" * 3000 + "1" + "]" * 3000 + "\n"),
     ("config.json", '{"vqrt_checkpoint": 1, "model": ' + "[" * 3000 + "]" * 3000 + "}"),

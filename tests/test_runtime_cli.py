@@ -1,6 +1,7 @@
 """`vqrt generate`, `vqrt encode` and `vqrt decode` on the golden bundle: round trips against the
 upstream references, the batch grid, one-line errors that leave no file behind, and a
 generation in a process where torch cannot be imported."""
+import io
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqrt.cli import main
+from vqrt.cli import ProgressLine, main
 from vqrt.runtime import to_pixels
 
 
@@ -115,3 +116,25 @@ def test_generates_without_torch(golden_bundle, golden_refs, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ,
                                                                   "PYTHONWARNINGS": "error"})
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), golden_refs["greedy_grid"])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_only_on_a_terminal():
+    """A megapixel run samples for minutes: on a terminal one line says how far it is; in a log
+    or a pipe nothing is written."""
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = ProgressLine(stream, interval_s=0.0)
+        progress(1024, 4096)
+        progress(4096, 4096)
+        progress.clear()
+    updates = terminal.getvalue().split("\r\033[K")
+    assert updates[0] == "" and updates[-1] == "" and len(updates) == 4, updates
+    assert updates[1].startswith("sampling: 1024/4096 tokens per row (25%), ")
+    assert updates[1].endswith(" s left")
+    assert updates[2] == "sampled 4096 tokens per row; decoding the image"
+    assert log.getvalue() == ""

@@ -90,3 +90,10 @@ def test_decode_and_encode_check_their_inputs(generator, golden_refs):
         generator.encode(np.zeros((1, 64, 64, 3), np.float32))
     with pytest.raises(RequestError, match="height 60 is not a multiple"):
         generator.encode(np.zeros((1, 3, 60, 64), np.float32))
+    with pytest.raises(RequestError, match="images hold NaN or infinite values"):
+        generator.encode(np.full((1, 3, 64, 64), np.nan, np.float32))
+    pixels = np.full((1, 3, 64, 64), 255, np.float32)  # 0..255, not from_pixels' [-1, 1]
+    with pytest.raises(RequestError, match=r"images must be in \[-1, 1\], got values in "
+                                           r"\[255, 255\] \(from_pixels makes them"):
+        generator.encode(pixels)
+    generator.encode(np.full((1, 3, 64, 64), 1.2, np.float32))  # resampling overshoot: accepted

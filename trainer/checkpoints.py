@@ -502,6 +502,11 @@ def _check_weights(state: Mapping[str, torch.Tensor], model: nn.Module, spec: Mo
             if key.endswith(".attn.mask") and not torch.equal(state[key].cpu().float(), mask):
                 raise CheckpointError(f"{weights}: {key} differs from the causal mask that "
                                       f"{config}'s block_size and n_unmasked give; {FIX}")
+    for key, value in state.items():
+        # Else the build's parity check fails on a non-finite error that names no tensor.
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{weights}: {key} holds NaN or infinite values (a damaged "
+                                  "file, or a run that diverged): use an earlier checkpoint")
 
 
 def _complete_shared_cond_stage(state: Dict[str, torch.Tensor], spec: ModelSpec) -> None:
