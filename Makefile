@@ -49,16 +49,16 @@ test: test-cpp test-python
 
 # The demo: build the bundle of the demo model (models/demo, trained here on ../shared/data), then
 # generate a sample grid at the training size and a larger image by sliding-window sampling.
-# A bundle is remade when the code that writes it changes (an editable install does not say so),
-# and the extension is current before anything runs.
-BUNDLE_CODE := $(wildcard export/*.py trainer/*.py trainer/models/*.py runtime/bundle.py)
+# A bundle is remade when the code that writes or checks it changes (an editable install does
+# not say so); the extension is made current first (order-only: a C++ change alone keeps it).
+BUNDLE_CODE := $(wildcard export/*.py trainer/*.py trainer/models/*.py runtime/*.py calibration/*.py)
 DEMO_BUNDLE := build/demo/bundle
 DEMO_SIZE ?= 1024x1024
 DEMO_WINDOW_STRIDE ?= 1
-$(DEMO_BUNDLE)/manifest.json: build/.native-stamp $(BUNDLE_CODE) $(wildcard models/demo/transformer/*)
+$(DEMO_BUNDLE)/manifest.json: $(BUNDLE_CODE) $(wildcard models/demo/transformer/*) | build/.native-stamp
 	$(VENV)/bin/vqrt build models/demo/transformer -o $(DEMO_BUNDLE) --max-size 1024x1024 --force
 
-demo: $(DEMO_BUNDLE)/manifest.json
+demo: $(DEMO_BUNDLE)/manifest.json build/.native-stamp
 	@mkdir -p out
 	$(VENV)/bin/vqrt generate $(DEMO_BUNDLE) -o out/demo-samples.png --batch 4 --top-k 100 --seed 0
 	$(VENV)/bin/vqrt generate $(DEMO_BUNDLE) -o out/demo-$(DEMO_SIZE).png --size $(DEMO_SIZE) \
@@ -74,10 +74,10 @@ DEMO_SEG_BUNDLE := build/demo-seg/bundle
 DEMO_SEG_MAP ?= $(SHARED)/data/sflckr/segmentations/canada/2883773_881c197107_c.png
 DEMO_SEG_SIZE ?= 1024x1024
 DEMO_SEG_WINDOW_STRIDE ?= 8
-$(DEMO_SEG_BUNDLE)/manifest.json: build/.native-stamp $(BUNDLE_CODE) $(wildcard models/demo-seg/transformer/*)
+$(DEMO_SEG_BUNDLE)/manifest.json: $(BUNDLE_CODE) $(wildcard models/demo-seg/transformer/*) | build/.native-stamp
 	$(VENV)/bin/vqrt build models/demo-seg/transformer -o $(DEMO_SEG_BUNDLE) --max-size 1024x1024 --force
 
-demo-seg: $(DEMO_SEG_BUNDLE)/manifest.json
+demo-seg: $(DEMO_SEG_BUNDLE)/manifest.json build/.native-stamp
 	@mkdir -p out
 	$(PY) scripts/seg_map.py fit $(DEMO_SEG_MAP) out/demo-seg-map.png --size $(DEMO_SEG_SIZE)
 	$(PY) scripts/seg_map.py colorize out/demo-seg-map.png out/demo-seg-map-color.png

@@ -17,7 +17,8 @@ return None instead and keep the logits on the device, where a third call sample
     draw(seeds uint64 [B], step, top_k=, top_p=, temperature=, greedy=)  -> tokens int64 [B]
 
 drawing, by design, what the CPU sampler would draw from the same logits (the same Philox
-stream; not yet checked on a GPU), so only tokens cross to and from the host. This module never imports torch.
+stream; not yet checked on a GPU), so only tokens cross to and from the host. This module never
+imports torch.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ fix. docs/ARCHITECTURE.md ("Bundle layout") describes the files and graph interf
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -395,11 +396,12 @@ def check_values(m: Manifest) -> None:
     _positive("manifest.first_stage.training_grid", *fs.training_grid)
     _positive("manifest.first_stage.codebook_size", fs.codebook_size)
     _positive("manifest.first_stage.codebook_dim", fs.codebook_dim)
-    grid_pixels = tuple(side * fs.downsampling_factor for side in fs.training_grid)
-    if grid_pixels != tuple(fs.training_size):
+    # The encoder's stride-2 convs floor an odd side: the grid is the size over f, rounded down.
+    grid = tuple(side // fs.downsampling_factor for side in fs.training_size)
+    if grid != tuple(fs.training_grid):
         raise _value_error("manifest.first_stage.downsampling_factor", fs.downsampling_factor,
-                           f"but the training grid {list(fs.training_grid)} times it is not the "
-                           f"training size {list(fs.training_size)}")
+                           f"but the training size {list(fs.training_size)} over it is not the "
+                           f"training grid {list(fs.training_grid)}")
     _positive("manifest.limits.max_batch", m.limits.max_batch)
     _positive("manifest.limits.max_latent", *m.limits.max_latent)
     if m.kind == "vqgan":
@@ -443,9 +445,11 @@ def check_values(m: Manifest) -> None:
         if cond.coord_down_factor is None or cond.coord_down_factor < 1:
             raise _value_error("manifest.conditioning.coord_down_factor",
                                cond.coord_down_factor, "must be >= 1")
-        if cond.coord_n_embed is None or not 0 <= cond.coord_n_embed < t.vocab_size:
+        # n_embed == vocab_size is upstream's faceshq: the runtime refuses the coordinates
+        # (x ~ 1) whose token would be n_embed (Conditioner._coord_tokens).
+        if cond.coord_n_embed is None or not 1 <= cond.coord_n_embed <= t.vocab_size:
             raise _value_error("manifest.conditioning.coord_n_embed", cond.coord_n_embed,
-                               vocabulary)
+                               f"not in [1, vocabulary {t.vocab_size}]")
     if m.kv_cache is not None:
         if m.kv_cache.dtype not in ("float32", "float16"):
             raise _value_error("manifest.kv_cache.dtype", m.kv_cache.dtype,
@@ -508,21 +512,22 @@ def _check_files(root: Path, manifest: Manifest) -> None:
 def load_bundle(path: Union[str, Path]) -> Bundle:
     """Reads and checks a bundle directory (schema, file list, sizes, SHA-256 of every file)."""
     root = Path(path)
-    if not root.is_dir():
-        what = "no such directory" if not root.exists() else "not a directory"
-        raise BundleError(f"{root}: {what}; pass a bundle directory made by `vqrt build`")
+    try:
+        if not root.is_dir():
+            what = "no such directory" if not root.exists() else "not a directory"
+            raise BundleError(f"{root}: {what}; pass a bundle directory made by `vqrt build`")
+        return _read_bundle(root)
+    except OSError as e:  # an unreadable file or folder (another user's bundle, a umask)
+        remedy = ("the user who serves a bundle must be able to read all of it"
+                  if e.errno in (errno.EACCES, errno.EPERM) else REBUILD)
+        raise BundleError(f"{e.filename or root}: cannot read ({e.strerror}); {remedy}") from None
+
+
+def _read_bundle(root: Path) -> Bundle:
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing, so {root} is not a bundle; build one with "
                           "`vqrt build`")
-    try:
-        return _read_bundle(root, manifest_path)
-    except OSError as e:  # an unreadable file or folder (another user's bundle, a umask)
-        raise BundleError(f"{e.filename or root}: cannot read ({e.strerror}); the user who serves "
-                          "a bundle must be able to read all of it") from None
-
-
-def _read_bundle(root: Path, manifest_path: Path) -> Bundle:
     size = manifest_path.stat().st_size
     if size > MAX_MANIFEST:  # read whole, so bounded first (csrc/bundle.h kMaxManifest)
         raise BundleError(f"{manifest_path}: {size} bytes, more than a manifest's {MAX_MANIFEST};"

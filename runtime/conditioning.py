@@ -65,6 +65,7 @@ class Conditioner:
         self.rule = m.tokenization.prefix
         self.conditioning = m.conditioning
         self.max_batch = m.limits.max_batch
+        self.vocab_size = m.transformer.vocab_size
         self._factor = m.first_stage.downsampling_factor
         self._max_latent = m.limits.max_latent  # (h, w)
         self._cond_encoder = None
@@ -189,4 +190,10 @@ class Conditioner:
         small = cond.reshape(b, 1, height // df, df, width // df, df).mean(axis=(3, 5),
                                                                             dtype=np.float32)
         tokens = np.rint(np.float32(c.coord_n_embed) * np.clip(small, 0.0, 1.0))
+        if tokens.size and tokens.max() >= self.vocab_size:
+            # n_embed == vocab_size (upstream's faceshq): x ~ 1 would index past the embedding.
+            raise RequestError(f"coordinates as high as {float(small.max()):.6g} (averaged over "
+                               f"{df}x{df} blocks) make token {int(tokens.max())}, outside the "
+                               f"transformer's vocabulary [0, {self.vocab_size}): keep them "
+                               f"below {(self.vocab_size - 0.5) / c.coord_n_embed:.6g}")
         return tokens.astype(np.int64).reshape(b, -1)

@@ -20,7 +20,9 @@ from vqrt.runtime.params import RequestError
 from vqrt.runtime.tensorrt_backend import REBUILD_LARGER, TensorRTGraphs, TensorRTRunner
 from vqrt.runtime.tiled_decode import TiledDecoder, TilePlan
 
-IMAGE_RANGE_BOUND = 1.5  # what encode accepts around [-1, 1] (see FirstStage.encode)
+# What encode accepts beyond the manifest's value_range, as a share of its span on each side:
+# resampling (bicubic, Lanczos) overshoots a little; beyond this the input is on another scale.
+IMAGE_RANGE_SLACK = 0.25
 
 
 def to_pixels(decoded: np.ndarray) -> np.ndarray:
@@ -154,11 +156,13 @@ class FirstStage:
         low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
         if not (math.isfinite(low) and math.isfinite(high)):
             raise RequestError("images hold NaN or infinite values")
-        # Resampling (bicubic, Lanczos) overshoots [-1, 1] a little; beyond this bound the
-        # input is on another scale, most often 0..255 pixels, and would encode to nonsense.
-        if low < -IMAGE_RANGE_BOUND or high > IMAGE_RANGE_BOUND:
-            raise RequestError(f"images must be in [-1, 1], got values in [{low:.4g}, {high:.4g}] "
-                               "(from_pixels makes them from uint8 pixels)")
+        # Most often 0..255 pixels for [-1, 1], which would encode to nonsense.
+        least, most = self.bundle.manifest.first_stage.value_range
+        slack = IMAGE_RANGE_SLACK * (most - least)
+        if low < least - slack or high > most + slack:
+            raise RequestError(f"images must be in [{least:g}, {most:g}], got values in "
+                               f"[{low:.4g}, {high:.4g}] (from_pixels makes them from uint8 "
+                               "pixels)")
         return self._encoder.run({"image": images})[0]
 
     def plan_decode(self, batch: int, h: int, w: int, tile: Optional[int] = None,

@@ -86,7 +86,9 @@ class GenerationParams:
         if temperature <= 0.0:
             raise RequestError(f"temperature must be > 0, got {self.temperature!r} (for the "
                                "most likely token use greedy, --greedy)")
-        if np.float32(temperature) == 0.0:  # the sampler divides in float32
+        # The sampler divides in float32, where this rounds to 0 (compared in float64: a cast
+        # of a large temperature would warn of overflow).
+        if temperature <= float(np.finfo(np.float32).smallest_subnormal) / 2:
             raise RequestError(f"temperature {self.temperature!r} is 0 in float32, in which the "
                                "sampler divides: use at least 1e-38, or greedy (--greedy)")
         object.__setattr__(self, "temperature", temperature)

@@ -7,11 +7,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from torch_threads import one_torch_thread
 from vqrt.export.build import BuildOptions, build_bundle
 from vqrt.runtime.bundle import load_bundle
 from vqrt.runtime.ort_transformer import OrtTransformer, greedy
 from vqrt.trainer.checkpoints import load_checkpoint, save_checkpoint
-from vqrt.trainer.model_config import parse_model_config
+from vqrt.runtime import Generator, RequestError
+from vqrt.trainer.model_config import ConfigError, parse_model_config
 from vqrt.trainer.models.mingpt import greedy_full
 from vqrt.trainer.models.net2net import Net2NetTransformer
 
@@ -65,11 +67,12 @@ CASES = {
 }
 
 
-def build_random_case(name: str, root, options: BuildOptions) -> Net2NetTransformer:
-    """CASES[name] as a random torch model with every embedding spread N(0, 1) (so its codes and
-    logits are spread), saved to root / "ckpt" and built into root / "bundle" with `options`;
-    for the runtime tests. Call under one_torch_thread()."""
-    model_config = CASES[name][0]
+def build_random_case(name: str, root, options: BuildOptions,
+                      model_config=None) -> Net2NetTransformer:
+    """CASES[name] (or model_config) as a random torch model with every embedding spread N(0, 1)
+    (so its codes and logits are spread), saved to root / "ckpt" and built into root / "bundle"
+    with `options`; for the runtime tests. Call under one_torch_thread()."""
+    model_config = CASES[name][0] if model_config is None else model_config
     torch.manual_seed(0)
     model = Net2NetTransformer(parse_model_config(model_config).config).eval()
     with torch.no_grad():
@@ -136,3 +139,49 @@ def test_greedy_matches_torch(case):
     expected = greedy_full(loaded.transformer, torch.from_numpy(prefix), steps).numpy()
     tokens = greedy(OrtTransformer.from_bundle(bundle, 2), prefix, steps)
     np.testing.assert_array_equal(tokens, expected)
+
+
+def coord_config(n_embed: int):
+    return config({"target": "taming.modules.misc.coord.CoordStage",
+                   "params": {"n_embed": n_embed, "down_factor": 4}}, cond_stage_key="coord")
+
+
+def vq_cond_config(n_embed: int):
+    stage = segmentation_stage()
+    stage["params"]["n_embed"] = n_embed
+    return config(stage, cond_stage_key="segmentation")
+
+
+@pytest.mark.parametrize("model_config, expected", [
+    (config("__is_unconditional__", sos_token=72),
+     "model.params.sos_token 72 puts the start token (72) outside the transformer's vocabulary "
+     "[0, 72)"),
+    (config({"target": "taming.modules.util.SOSProvider", "params": {"sos_token": -1}}),
+     "model.params.cond_stage_config.params.sos_token -1 puts the start token (-1) outside"),
+    (vq_cond_config(100),
+     "model.params.cond_stage_config.params.n_embed 100 puts the cond stage's last code (99) "
+     "outside"),
+    (coord_config(73), "model.params.cond_stage_config.params.n_embed 73 puts the largest "
+                       "coordinate token below 1.0 (72) outside"),
+], ids=["sos", "sos_provider", "vq_cond_stage", "coord"])
+def test_prefix_tokens_must_lie_in_the_vocabulary(model_config, expected):
+    """Prefix tokens share the transformer's vocabulary of 72: a config whose tokens leave it
+    is refused when read, naming the field (else it builds a bundle every command refuses)."""
+    with pytest.raises(ConfigError) as error:
+        parse_model_config(model_config)
+    assert expected in str(error.value)
+
+
+def test_coordinates_that_would_leave_the_vocabulary(tmp_path):
+    """n_embed == vocab_size, as upstream's faceshq: accepted, since round(n_embed * x) reaches
+    the vocabulary only at x ~ 1, which the runtime then refuses, naming the bound."""
+    with one_torch_thread():
+        build_random_case("coord", tmp_path, BuildOptions(backend="native"), coord_config(72))
+    generator = Generator(tmp_path / "bundle", backend="native", device="cpu", num_threads=1)
+    coordinates = np.full((1, 1, 16, 16), 0.5, np.float32)
+    generator.start(cond=coordinates)
+    coordinates[..., :4, :4] = 1.0
+    with pytest.raises(RequestError, match=r"coordinates as high as 1 \(averaged over 4x4 "
+                                           r"blocks\) make token 72, outside the transformer's "
+                                           r"vocabulary \[0, 72\): keep them below 0.993056"):
+        generator.start(cond=coordinates)

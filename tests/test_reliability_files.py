@@ -73,8 +73,8 @@ def setter(*path_and_value):
     (setter("first_stage", "downsampling_factor", 0), "downsampling_factor is 0"),
     (setter("first_stage", "training_grid", [0, 8]), "training_grid is 0"),
     (setter("first_stage", "downsampling_factor", 16),  # would halve every image asked for
-     "downsampling_factor is 16, but the training grid [8, 8] times it is not the training size "
-     "[64, 64]"),
+     "downsampling_factor is 16, but the training size [64, 64] over it is not the training "
+     "grid [8, 8]"),
     (setter("conditioning", "n_classes", 1000), "n_classes is 1000, not in [1, vocabulary 256]"),
     (setter("first_stage", "codebook_size", 300),
      "codebook_size is 300, more than the transformer's vocabulary of 256"),

@@ -287,14 +287,20 @@ def test_cli_outputs_are_checked_before_any_work(golden_bundle, tmp_path, capsys
     assert left == ["a.png", "t.npy"] and np.load(tokens).dtype == np.int64
 
 
-def test_cli_survives_a_closed_stdout(golden_bundle, tmp_path):
+@pytest.mark.parametrize("closed", ["by its reader", "from the start"])
+def test_cli_survives_a_closed_stdout(golden_bundle, tmp_path, closed):
     """`vqrt generate ... | head -1`: a reader that goes away drops what is printed after it,
-    never the work, and never with a traceback."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vqrt", "generate", str(golden_bundle), "-o",
-         str(tmp_path / "a.png"), "--class", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    process.stdout.close()
+    never the work, and never with a traceback; so does a process started with `>&-`, where
+    Python's sys.stdout is None."""
+    argv = [sys.executable, "-m", "vqrt", "generate", str(golden_bundle), "-o",
+            str(tmp_path / "a.png"), "--class", "1"]
+    if closed == "by its reader":
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        process.stdout.close()
+    else:
+        process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: os.close(1))
     err = process.stderr.read()
     assert process.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "Broken pipe" not in err, err

@@ -448,7 +448,7 @@ def _explain_kind(found: Mapping[str, torch.Size], spec: ModelSpec) -> List[str]
                 f"keys) but model.target is {spec.target}"]
     if spec.kind == "net2net" and not is_net2net:
         if any(k.startswith("module.first_stage_model.") for k in found):
-            return ["every key starts with DistributedDataParallel's module. prefix: save "
+            return ["the keys carry DistributedDataParallel's module. prefix: save "
                     "model.module.state_dict(), or strip the prefix from the keys"]
         return [f"the checkpoint holds no first_stage_model.* keys (a lone first stage?) but "
                 f"model.target is {spec.target}"]
@@ -502,8 +502,12 @@ def _check_weights(state: Mapping[str, torch.Tensor], model: nn.Module, spec: Mo
             if key.endswith(".attn.mask") and not torch.equal(state[key].cpu().float(), mask):
                 raise CheckpointError(f"{weights}: {key} differs from the causal mask that "
                                       f"{config}'s block_size and n_unmasked give; {FIX}")
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], weights: Path) -> None:
+    """On load only (a training run checks its losses, not its checkpoints): else a build's
+    parity check fails on a non-finite error that names no tensor."""
     for key, value in state.items():
-        # Else the build's parity check fails on a non-finite error that names no tensor.
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{weights}: {key} holds NaN or infinite values (a damaged "
                                   "file, or a run that diverged): use an earlier checkpoint")
@@ -566,6 +570,7 @@ def load_checkpoint(path: PathLike, config: Optional[PathLike] = None) -> Loaded
     with torch.device("meta"):
         model = _build(spec)
     _check_weights(state, model, spec, weights, config_path)
+    _check_finite(state, weights)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()

@@ -225,8 +225,11 @@ def _parse_cond(block: Any, where: str, sos_token: int, sos_where: str, uncondit
                        "the start token")
     elif target == COORD_STAGE:
         cfg = CoordCondConfig(p.take_positive("n_embed"), p.take_positive("down_factor"))
-        _in_vocabulary(p.path("n_embed"), cfg.n_embed, cfg.n_embed, vocab_size,
-                       "the largest coordinate token")
+        # round(n_embed * x) reaches n_embed only at x ~ 1, which upstream's coordinates
+        # (arange / count, then area-averaged) never are: n_embed == vocab_size runs there
+        # (faceshq_transformer.yaml), and the runtime refuses a coordinate that would.
+        _in_vocabulary(p.path("n_embed"), cfg.n_embed, cfg.n_embed - 1, vocab_size,
+                       "the largest coordinate token below 1.0")
     else:
         raise ConfigError(
             f"{where}.target {target} is not supported (supported: {LABELATOR}, {SOS_PROVIDER}, "

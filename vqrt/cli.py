@@ -52,6 +52,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    # The exception waits for the running native call (an ONNX Runtime decode, a TensorRT
+    # build) to return; a second TERM then kills at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated()
 
 
@@ -693,10 +696,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
-    stdout = sys.stdout
-    sys.stdout = guarded = _DroppingStdout(stdout)
+    stdout = sys.stdout  # None where the process started with fd 1 closed (`>&-`)
+    guarded = _DroppingStdout(stdout) if stdout is not None else None
+    if guarded is not None:
+        sys.stdout = guarded
     try:
-        return run(args)
+        code = run(args)
+        if guarded is not None:
+            guarded.flush()  # a full disk under `> FILE` is reported below like any other
+        return code
     except CommandError as e:
         if args.debug:
             traceback.print_exc()
@@ -722,7 +730,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"vqrt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
-        guarded.flush()  # here, where a broken pipe is dropped, not at exit
         sys.stdout = stdout
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+        if guarded is not None:
+            try:  # after an error: what is left, here, where a broken pipe is dropped
+                guarded.flush()
+            except OSError:
+                pass  # the error already reported is the one that matters
