@@ -363,6 +363,17 @@ def test_checkpoint_with_non_finite_weights_names_the_tensor(tmp_path):
             "a run that diverged): use an earlier checkpoint") in one_line(error)
 
 
+@needs_golden
+def test_checkpoint_saved_from_a_ddp_wrapper_says_so(tmp_path):
+    checkpoint = torch.load(GOLDEN / "model.ckpt", map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = {"module." + k: v for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "model.ckpt", GOLDEN / "transformer.yaml")
+    assert ("the keys carry DistributedDataParallel's module. prefix: save "
+            "model.module.state_dict(), or strip the prefix from the keys") in one_line(error)
+
+
 @pytest.mark.parametrize("name, text", [
     ("deep.yaml", "model: " + "[" * 3000 + "1" + "]" * 3000 + "\n"),
     ("config.json", '{"vqrt_checkpoint": 1, "model": ' + "[" * 3000 + "]" * 3000 + "}"),
@@ -382,6 +393,18 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_cli_permission_denied_is_one_line(monkeypatch, capsys):
+    """Any file this user may not read or write, wherever a command meets it: one line."""
+    import vqrt.cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/srv/models/model.ckpt")
+    monkeypatch.setattr(vqrt.cli, "run_inspect", denied)
+    code, _, err = run_cli(capsys, "inspect", "/srv/models/model.ckpt")
+    assert code == 2 and err == ("vqrt: error: /srv/models/model.ckpt: permission denied (check "
+                                 "the owner and mode of the file and of its folders)\n")
 
 
 def test_cli_inspect_of_a_hostile_manifest(bundle, capsys):
