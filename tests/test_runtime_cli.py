@@ -54,6 +54,30 @@ def test_generate_batch_of_three_is_a_two_by_two_grid(golden_bundle, tmp_path, c
     np.testing.assert_array_equal(read_png(decoded), grid)
 
 
+def test_generate_one_file_per_row(golden_bundle, tmp_path, capsys):
+    """{i} in -o's name: row i's image alone, the grid's cell i."""
+    argv = ["--class", 2, "--batch", 3, "--seed", 7, "--top-k", 30]
+    assert run(capsys, "generate", golden_bundle, "-o", tmp_path / "grid.png", *argv)[0] == 0
+    code, stdout, _ = run(capsys, "generate", golden_bundle, "-o", tmp_path / "row-{i}.png",
+                          *argv)
+    assert code == 0 and "row-0.png .. " in stdout and "a grid" not in stdout
+    grid = read_png(tmp_path / "grid.png")
+    for i in range(3):
+        cell = grid[64 * (i // 2):64 * (i // 2 + 1), 64 * (i % 2):64 * (i % 2 + 1)]
+        np.testing.assert_array_equal(read_png(tmp_path / f"row-{i}.png"), cell)
+
+
+def test_generate_per_row_files_are_all_written_or_none(golden_bundle, tmp_path, capsys):
+    (tmp_path / "row-1.png").mkdir()  # row 1's file cannot be written
+    code, _, err = run(capsys, "generate", golden_bundle, "-o", tmp_path / "row-{i}.png",
+                       "--class", 1, "--batch", 2)
+    assert code == 2 and "row-1.png: is a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["row-1.png"]
+    code, _, err = run(capsys, "generate", golden_bundle, "-o", tmp_path / "{i}" / "a.png",
+                       "--class", 1)
+    assert code == 2 and "{i} may stand in the file name only" in err
+
+
 def test_decode_npy_is_the_raw_decoder_output(golden_bundle, golden_refs, tmp_path, capsys):
     tokens, out = tmp_path / "grid.npy", tmp_path / "raw.npy"
     np.save(tokens, golden_refs["greedy_grid"][1])  # one [h, w] grid

@@ -487,12 +487,41 @@ class ProgressLine:
             self.stream.flush()
 
 
+ROW = "{i}"  # in -o's file name: one PNG per row, i its row (seed S + i)
+
+
+def _row_paths(output: str, batch: int) -> List[str]:
+    """-o's files: the one grid, or with ROW in the file name one PNG per row."""
+    if ROW not in Path(output).name:
+        return [output]
+    return [str(Path(output).with_name(Path(output).name.replace(ROW, str(i))))
+            for i in range(batch)]
+
+
+def _write_outputs(paths: List[str], images, tokens_path: Optional[str], tokens) -> None:
+    """All of them or, when one fails (a full disk), none: the ones written are removed."""
+    from vqrt.runtime import image_io
+    written: List[str] = []
+    try:
+        for path in paths:
+            image_io.write_png(path, images if len(paths) == 1 else images[len(written)][None])
+            written.append(path)
+        if tokens_path:
+            image_io.write_npy(tokens_path, tokens)
+    except BaseException:
+        for path in written:
+            Path(path).unlink()
+        raise
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from vqrt.runtime import GenerationParams, Generator, image_io
     _check_suffix("-o", args.output, (".png",))
     if args.save_tokens:
         _check_suffix("--save-tokens", args.save_tokens, (".npy",))
-    _check_outputs([("-o", args.output), ("--save-tokens", args.save_tokens)],
+    if ROW in str(Path(args.output).parent):
+        raise CommandError(f"-o {args.output}: {ROW} may stand in the file name only")
+    _check_outputs([("-o", args.output.replace(ROW, "0")), ("--save-tokens", args.save_tokens)],
                    [("--cond", args.cond)])
     with _runtime_errors():
         params = GenerationParams(top_k=args.top_k, top_p=args.top_p,
@@ -510,19 +539,18 @@ def run_generate(args: argparse.Namespace) -> int:
                                         progress=progress)
         finally:
             progress.clear()
-        image_io.write_png(args.output, result.images)
-        if args.save_tokens:
-            try:
-                image_io.write_npy(args.save_tokens, result.tokens)
-            except BaseException:
-                Path(args.output).unlink()  # all outputs of a failed command, or none
-                raise
+        batch = result.images.shape[0]
+        paths = _row_paths(args.output, batch)
+        _check_outputs([("-o", path) for path in paths], [("--cond", args.cond)])
+        _write_outputs(paths, result.images, args.save_tokens, result.tokens)
     batch, height, width, _ = result.images.shape
+    grid = len(paths) == 1 and batch > 1
+    wrote = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
     t = result.timings
     per_row = result.tokens.shape[1] * result.tokens.shape[2]
     decoding = t.prefill_s + t.steps_s + t.sampling_s
-    print(f"vqrt generate: wrote {args.output} ({batch} image{'s' if batch > 1 else ''} "
-          f"{width}x{height}{', a grid' if batch > 1 else ''}; backend {result.backend}; "
+    print(f"vqrt generate: wrote {wrote} ({batch} image{'s' if batch > 1 else ''} "
+          f"{width}x{height}{', a grid' if grid else ''}; backend {result.backend}; "
           f"{per_row} token{'s' if per_row > 1 else ''} per row in {decoding:.2f} s, "
           f"{batch * per_row / decoding:.0f} tokens/s; decoder {t.image_decode_s:.2f} s; seeds "
           f"{params.seed}..{(params.seed + batch - 1) % 2 ** 64})")
@@ -570,10 +598,13 @@ def _add_runtime_parsers(commands) -> None:
         "generate", help="generate images from a bundle",
         description="Sample image tokens with the bundle's transformer and decode them. A "
                     "batch is written as one PNG grid (ceil(sqrt(B)) columns, row-major, no "
-                    "gutter). Row i samples with seed S + i, so a row's tokens are the same "
+                    "gutter), or as one PNG per row where -o's file name holds {i} (the row: "
+                    "-o 'out-{i}.png'). Row i samples with seed S + i, so a row's tokens are the same "
                     "alone (with --seed S+i) or inside any batch.")
     generate.add_argument("bundle", metavar="BUNDLE", help="a bundle directory (vqrt build)")
-    generate.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    generate.add_argument("-o", "--output", required=True, metavar="OUT.png",
+                          help="the PNG: a grid of the batch, or one file per row where the "
+                               "name holds {i}, the row (out-{i}.png: out-0.png, ...)")
     generate.add_argument("--class", dest="class_labels", type=int, action="append",
                           metavar="N", help="class id, once per row (class-conditional "
                                             "bundles); one id with --batch repeats it")
