@@ -243,23 +243,18 @@ def test_cli_encode_of_a_file_that_is_not_an_image(golden_bundle, tmp_path, caps
     assert left == ["photo.png"]
 
 
-def test_cli_segmentation_png_with_unknown_labels(segmentation_bundle, tmp_path, capsys):
-    labels = tmp_path / "labels.png"
-    Image.fromarray(np.full((16, 16), 9, np.uint8), mode="L").save(labels)
+@pytest.mark.parametrize("name, label, expected", [
+    ("labels.png", 9, "labels.png: label map holds label 9, but the model has 5 labels"),
+    # JPEG invents labels where regions meet: refused by format, before its labels are read.
+    ("labels.jpg", 3, "labels.jpg: a label map must be stored losslessly (PNG), not as JPEG"),
+])
+def test_cli_segmentation_map_refused(segmentation_bundle, tmp_path, capsys, name, label,
+                                      expected):
+    labels = tmp_path / name
+    Image.fromarray(np.full((16, 16), label, np.uint8), mode="L").save(labels)
     left = assert_refused(capsys, tmp_path, ["generate", segmentation_bundle, "-o",
-                                             tmp_path / "a.png", "--cond", labels],
-                          "label map holds label 9, but the model has 5 labels")
-    assert left == ["labels.png"]
-
-
-def test_cli_segmentation_map_saved_as_jpeg(segmentation_bundle, tmp_path, capsys):
-    """JPEG invents labels where regions meet: refused by format, before its labels are read."""
-    labels = tmp_path / "labels.jpg"
-    Image.fromarray(np.full((16, 16), 3, np.uint8), mode="L").save(labels)
-    left = assert_refused(capsys, tmp_path, ["generate", segmentation_bundle, "-o",
-                                             tmp_path / "a.png", "--cond", labels],
-                          "labels.jpg: a label map must be stored losslessly (PNG), not as JPEG")
-    assert left == ["labels.jpg"]
+                                             tmp_path / "a.png", "--cond", labels], expected)
+    assert left == [name]
 
 
 def test_cli_outputs_are_checked_before_any_work(golden_bundle, tmp_path, capsys, monkeypatch):
