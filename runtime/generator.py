@@ -54,6 +54,13 @@ from vqrt.runtime.sampling import sample_logits
 from vqrt.runtime.tensorrt_backend import TensorRTBackend
 
 Progress = Callable[[int, int], None]  # (tokens done, tokens in the grid)
+# More intra-op threads than any machine has cores: ONNX Runtime gives each session (the tiled
+# decoder has dozens) a pool of this many, so a typo would start tens of thousands of threads.
+MAX_THREADS = 1024
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 class Generation:
@@ -64,7 +71,7 @@ class Generation:
 
     def __init__(self, *, generator: "Generator", decoding: Decoding, logits: Optional[np.ndarray],
                  tokens: np.ndarray, start: int, grid: Tuple[int, int],
-                 params: GenerationParams, timings: Dict[str, float]):
+                 params: GenerationParams, timings: Dict[str, float], decode: bool):
         self._generator = generator
         self._decoding: Optional[Decoding] = decoding
         # float32 [B, V] predicting image token self._count, or None: on the GPU (state.draw)
@@ -75,7 +82,9 @@ class Generation:
         self._params = params
         self._seeds = params.row_seeds(tokens.shape[0])
         self._timings = timings
+        self._decode = decode  # whether result() makes the images
         self._cancelled = False
+        self._failed: Optional[str] = None  # why a step failed; the generation is then over
 
     @property
     def batch(self) -> int:
@@ -110,6 +119,9 @@ class Generation:
         # One read of the decoding: cancel() from another thread may clear the attribute while
         # this step runs; the step then finishes on its own reference and no further one starts.
         decoding = self._decoding
+        if self._failed is not None:
+            raise RequestError(f"this generation failed after image token {self._count - 1} "
+                               f"({self._failed}): start a new one")
         if decoding is None:
             raise RequestError("this generation is cancelled" if self._cancelled
                                else "this generation is done: call result()")
@@ -120,7 +132,15 @@ class Generation:
         self._tokens[:, self._count] = token
         self._count += 1
         if self._count < self.total and not self._cancelled:
-            self._logits = decoding.logits(self._count)
+            try:
+                self._logits = decoding.logits(self._count)
+            except BaseException as e:
+                # The token is drawn but its successor's logits are not: the KV cache may hold
+                # half a step, so the generation ends here (its state is dropped, not pooled)
+                # rather than a retry drawing from stale logits.
+                self._failed = " ".join(str(e).split()) or type(e).__name__
+                self._decoding = None
+                raise
             self._timings["steps_s"] += time.perf_counter() - sampled
         elif self._count == self.total:
             # The KV cache is no longer needed: to the next generation of this batch. Only
@@ -170,7 +190,11 @@ class Generation:
         self._decoding = None
 
     def result(self) -> GenerationResult:
-        """The finished tokens [B, h, w] and their images (decoded now)."""
+        """The finished tokens [B, h, w] and, unless start(decode=False), their images (decoded
+        now)."""
+        if self._failed is not None:
+            raise RequestError(f"this generation failed after image token {self._count - 1} "
+                               f"({self._failed}): no result (its tokens are in .tokens)")
         if self._cancelled:
             raise RequestError(f"this generation was cancelled after {self._count} of "
                                f"{self.total} tokens: no result (its tokens are in .tokens)")
@@ -178,9 +202,11 @@ class Generation:
             raise RequestError(f"this generation has {self._count} of {self.total} tokens: "
                                "step() until done before result()")
         grid = self._tokens.reshape((self.batch,) + self._grid)
-        started = time.perf_counter()
-        images = self._generator.decode(grid)
-        self._timings["image_decode_s"] = time.perf_counter() - started
+        images = None
+        if self._decode:
+            started = time.perf_counter()
+            images = self._generator.decode(grid)
+            self._timings["image_decode_s"] = time.perf_counter() - started
         return GenerationResult(tokens=grid, images=images, row_seeds=self._seeds,
                                 timings=StageTimings(**self._timings),
                                 backend=self._generator.backend)
@@ -202,13 +228,21 @@ class Generator:
             is missing or does not take a graph). The native backend runs on the CPU.
             `providers` says what really runs each graph.
         num_threads: threads of the native decoder, the sampler and ONNX Runtime's intra-op
-            pool; 0 = their defaults (one per core). Never changes the tokens.
+            pool; 0 = their defaults (one per core). Never changes the tokens. Each ONNX
+            Runtime session has a pool of its own, idle between calls (the tiled decoder has
+            one session per conv step: 32 for golden set A's small decoder), so a Generator
+            holds about sessions x (num_threads - 1) threads: on a many-core machine, or in a
+            container with a limit on processes, give num_threads explicitly. At most
+            MAX_THREADS.
         tile: the image decoder's tile side in latent positions (None: the whole image up to
             a latent of runtime.tiled_decode.WHOLE_GRAPH_SIDE, or any the bundle allows with
             decoder engine tensorrt, or within max_memory, else tiles sized per layer to fit,
             TiledDecoder.plan). Never changes the image beyond rounding.
         max_memory: bytes the image decoder may use; a request that cannot fit fails in
-            start() (or decode()) before anything is allocated.
+            start() (or decode()) before anything is allocated. A plan per decode call, from
+            an estimate (runtime/tiled_decode.py): concurrent decodes each plan for it, and
+            the whole-image graph's session keeps its largest call's memory between calls
+            (its arena), so a server bounds the decodes it runs at once itself.
         decoder_engine: what runs the image decoder's graphs: "onnxruntime" (fp32, on
             `device`), "openvino" (the CPU, bf16 arithmetic where the CPU has it: faster,
             close to but not equal to fp32; needs the openvino package), "tensorrt" (the
@@ -222,12 +256,17 @@ class Generator:
                  device: str = "auto", num_threads: int = 0, tile: Optional[int] = None,
                  max_memory: Optional[int] = None, decoder_engine: str = "auto"):
         self.bundle = load_bundle(bundle_dir)
-        if num_threads < 0:
-            raise RequestError(f"num_threads must be >= 0 (0 = one per core), got {num_threads}")
-        if tile is not None and tile < 1:
-            raise RequestError(f"tile must be at least 1 latent position, got {tile}")
-        if max_memory is not None and max_memory < 1:
-            raise RequestError(f"max_memory must be a positive number of bytes, got {max_memory}")
+        if not _is_integer(num_threads) or not 0 <= num_threads <= MAX_THREADS:
+            raise RequestError(f"num_threads must be an integer in [0, {MAX_THREADS}] (0 = one "
+                               f"per core), got {num_threads!r}")
+        if tile is not None and (not _is_integer(tile) or tile < 1):
+            raise RequestError(f"tile must be an integer of at least 1 latent position, got "
+                               f"{tile!r}")
+        if max_memory is not None and (not _is_integer(max_memory) or max_memory < 1):
+            raise RequestError(f"max_memory must be a positive integer number of bytes, got "
+                               f"{max_memory!r}")
+        num_threads, tile = int(num_threads), None if tile is None else int(tile)
+        max_memory = None if max_memory is None else int(max_memory)
         self.num_threads = num_threads
         self.tile, self.max_memory = tile, max_memory
         m = self.bundle.manifest
@@ -268,8 +307,8 @@ class Generator:
 
     def start(self, *, class_labels: Optional[ClassLabels] = None,
               cond: Optional[np.ndarray] = None, prefix_tokens: Optional[np.ndarray] = None,
-              batch_size: Optional[int] = None,
-              params: GenerationParams = GenerationParams()) -> Generation:
+              batch_size: Optional[int] = None, params: GenerationParams = GenerationParams(),
+              decode: bool = True) -> Generation:
         """Checks the request, makes the prefix tokens and runs the prefill.
 
         class_labels: class ids, one per row (class-conditional bundles).
@@ -280,9 +319,13 @@ class Generator:
             flattened.
         batch_size: rows; default the rows of the conditioning / prefix. One row of either is
             repeated to the batch.
+        decode: False for tokens only (result().images None): no image decode, and no check
+            that one would fit max_memory.
         """
         if not isinstance(params, GenerationParams):
             raise RequestError(f"params must be a GenerationParams, got {type(params).__name__}")
+        if batch_size is not None and not _is_integer(batch_size):
+            raise RequestError(f"batch_size must be an integer, got {batch_size!r}")
         if self._transformer is None:
             raise RequestError(f"{self.bundle.path}: the bundle is a first stage alone "
                                "(kind vqgan): it encodes and decodes but has no transformer to "
@@ -305,7 +348,8 @@ class Generator:
         batch = batch_rows(len(cond_rows), batch, "the conditioning")
         batch = batch_rows(len(image_rows), batch, "prefix_tokens")
         self._first_stage.check_batch(batch)
-        self._first_stage.plan_decode(batch, h, w, self.tile, self.max_memory)  # fits, or fail now
+        if decode:  # the image will fit, or the request fails now
+            self._first_stage.plan_decode(batch, h, w, self.tile, self.max_memory)
         tokens = np.zeros((batch, total), dtype=np.int64)  # the generation's buffer
         tokens[:, :image_rows.shape[1]] = image_rows
         conditioned = time.perf_counter()
@@ -320,16 +364,18 @@ class Generator:
         timings = {"conditioning_s": conditioned - started, "prefill_s": prefilled - conditioned,
                    "steps_s": 0.0, "sampling_s": 0.0, "image_decode_s": 0.0}
         return Generation(generator=self, decoding=decoding, logits=logits, tokens=tokens,
-                          start=image_rows.shape[1], grid=(h, w), params=params, timings=timings)
+                          start=image_rows.shape[1], grid=(h, w), params=params, timings=timings,
+                          decode=bool(decode))
 
     def generate(self, *, class_labels: Optional[ClassLabels] = None,
                  cond: Optional[np.ndarray] = None, prefix_tokens: Optional[np.ndarray] = None,
                  batch_size: Optional[int] = None, params: GenerationParams = GenerationParams(),
-                 progress: Optional[Progress] = None) -> GenerationResult:
+                 progress: Optional[Progress] = None, decode: bool = True) -> GenerationResult:
         """start(), step until done (calling progress(tokens done, tokens per row) after each
         step), result(). Arguments as for start()."""
         generation = self.start(class_labels=class_labels, cond=cond,
-                                prefix_tokens=prefix_tokens, batch_size=batch_size, params=params)
+                                prefix_tokens=prefix_tokens, batch_size=batch_size, params=params,
+                                decode=decode)
         while not generation.done:
             generation.step()
             if progress is not None:

@@ -86,11 +86,15 @@ class GenerationParams:
         if temperature <= 0.0:
             raise RequestError(f"temperature must be > 0, got {self.temperature!r} (for the "
                                "most likely token use greedy, --greedy)")
-        # The sampler divides in float32, where this rounds to 0 (compared in float64: a cast
-        # of a large temperature would warn of overflow).
-        if temperature <= float(np.finfo(np.float32).smallest_subnormal) / 2:
-            raise RequestError(f"temperature {self.temperature!r} is 0 in float32, in which the "
-                               "sampler divides: use at least 1e-38, or greedy (--greedy)")
+        # The sampler divides in float32: a temperature must be a normal float32 (compared in
+        # float64: a cast of a large one would warn of overflow). Below that logit / T
+        # overflows for any logit that is not tiny; greedy is what such a temperature means.
+        tiny, huge = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+        if not tiny <= temperature <= huge:
+            raise RequestError(f"temperature {self.temperature!r} is outside float32's normal "
+                               f"range [{tiny:.4g}, {huge:.4g}], in which the sampler divides"
+                               + (": use greedy (--greedy) for the most likely token"
+                                  if temperature < tiny else ""))
         object.__setattr__(self, "temperature", temperature)
         if not isinstance(self.greedy, (bool, np.bool_)):
             raise RequestError(f"greedy must be True or False, got {self.greedy!r}")

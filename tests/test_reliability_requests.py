@@ -96,7 +96,8 @@ def test_inf_logits_are_named(golden_bundle, backend):
 
 
 def test_temperature_that_overflows_the_logits(generator):
-    params = GenerationParams(temperature=1e-40, size=(16, 16))  # a float32 subnormal
+    # The smallest normal float32 temperature: any logit beyond 4 overflows when divided.
+    params = GenerationParams(temperature=1.2e-38, size=(16, 16))
     with pytest.raises(RequestError) as error:
         generator.generate(class_labels=[1], params=params)
     message = one_line(error)

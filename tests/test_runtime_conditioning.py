@@ -89,6 +89,11 @@ def test_condition_must_fit_the_bundle(case):
                                                r"batch 8 \(split the request, or rebuild with "
                                                r"`vqrt build --max-batch 9`\)$"):
             generator.start(cond=rows)
+    for bad in (np.nan, np.inf):  # coordinates too: NaN passed their [0, 1] check
+        poisoned = cond.copy()
+        poisoned[0, 0, 1, 1] = bad
+        with pytest.raises(RequestError, match="cond holds NaN or infinite values"):
+            generator.start(cond=poisoned)
     for empty in ((0, cond.shape[1], 16, 16), (1, cond.shape[1], 0, 16)):
         with pytest.raises(RequestError, match=r"with B, H and W at least 1, got float32 "
                                                + re.escape(str(list(empty)))):

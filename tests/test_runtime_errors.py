@@ -1,5 +1,7 @@
 """Requests the bundle cannot serve fail before any work with one line naming the value and the
 limit; GenerationParams checks its own fields."""
+import re
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,8 @@ def one_line(error) -> str:
     (dict(class_labels=[1], prefix_tokens=np.full((1, 3), 256)), ["code 256", "[0, 256)"]),
     (dict(class_labels=[1], prefix_tokens=np.zeros((1, 64), np.int64)), ["K < 64"]),
     (dict(class_labels=[1], params="greedy"), ["GenerationParams"]),
+    (dict(class_labels=[1], batch_size=2.0), ["batch_size must be an integer, got 2.0"]),
+    (dict(class_labels=[1], batch_size=True), ["batch_size must be an integer, got True"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_requests_name_both_numbers(generator, request_kwargs, expected):
     with pytest.raises(RequestError) as error:
@@ -48,7 +52,8 @@ def test_bad_requests_name_both_numbers(generator, request_kwargs, expected):
     (dict(top_p=0.0), "top_p must be in (0, 1], got 0.0"),
     (dict(top_p=1.5), "top_p must be in (0, 1]"),
     (dict(temperature=0), "temperature must be > 0, got 0"),
-    (dict(temperature=1e-300), "temperature 1e-300 is 0 in float32"),
+    (dict(temperature=1e-300), "temperature 1e-300 is outside float32's normal range"),
+    (dict(temperature=1e300), "temperature 1e+300 is outside float32's normal range"),
     (dict(temperature=float("nan")), "temperature must be finite"),
     (dict(seed=-1), "seed must be in [0, 18446744073709551616), got -1"),
     (dict(seed=2**64), "seed must be in"),
@@ -79,6 +84,14 @@ def test_backend_and_device_choices(golden_bundle, tmp_path):
         Generator(golden_bundle, device="gpu")
     with pytest.raises(BundleError, match="no such directory"):
         Generator(tmp_path / "missing")
+    for option, value, expected in (("tile", 2.5, "tile must be an integer"),
+                                    ("num_threads", 10**6, "num_threads must be an integer in "
+                                                           "[0, 1024]"),
+                                    ("num_threads", None, "num_threads must be an integer"),
+                                    ("max_memory", "1G", "max_memory must be a positive "
+                                                         "integer")):
+        with pytest.raises(RequestError, match=re.escape(expected)):
+            Generator(golden_bundle, **{option: value})
 
 
 def test_decode_and_encode_check_their_inputs(generator, golden_refs):

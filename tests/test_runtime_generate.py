@@ -124,6 +124,36 @@ def test_result_before_done_is_an_error(generator):
         generation.result()
 
 
+def test_tokens_only(generator, golden_refs):
+    """decode=False: the tokens without the image decode (a server that decodes elsewhere)."""
+    result = generator.generate(class_labels=[0, 3], params=GREEDY, decode=False)
+    np.testing.assert_array_equal(result.tokens, golden_refs["greedy_grid"])
+    assert result.images is None and result.timings.image_decode_s == 0.0
+
+
+def test_a_failed_step_ends_the_generation(generator, golden_refs):
+    """The backend failing between a token and its successor's logits (memory, a device
+    error): a retry must not draw from the stale logits; the generation is over, the
+    Generator serves the next one unchanged."""
+    generation = generator.start(class_labels=[0, 3], params=GREEDY)
+    generation.step()
+    decoding = generation._decoding
+
+    def fail(index):
+        raise MemoryError("out of memory")
+    decoding.logits = fail
+    with pytest.raises(MemoryError):
+        generation.step()
+    with pytest.raises(RequestError, match=r"failed after image token 1 \(out of memory\): "
+                                           r"start a new one"):
+        generation.step()
+    with pytest.raises(RequestError, match="failed after image token 1"):
+        generation.result()
+    np.testing.assert_array_equal(generation.tokens, golden_refs["greedy_tokens"][:, :2])
+    result = generator.generate(class_labels=[0, 3], params=GREEDY)
+    np.testing.assert_array_equal(result.tokens, golden_refs["greedy_grid"])
+
+
 def test_completion_from_prefix_tokens(generator, golden_refs):
     """Greedy decoding that starts from its own first 24 tokens ends where it would have."""
     prefix = golden_refs["greedy_tokens"][:, :24]
