@@ -145,9 +145,9 @@ class FirstStage:
             raise RequestError(f"{self.bundle.path}: the bundle has no encoder graph (see its "
                                "notes: this first stage cannot encode)")
         images = np.asarray(images)
-        if images.ndim != 4 or images.shape[1] != self.channels:
-            raise RequestError(f"images must be float32 [B, {self.channels}, H, W], got "
-                               f"{images.dtype} {list(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != self.channels or 0 in images.shape:
+            raise RequestError(f"images must be float32 [B, {self.channels}, H, W] with B, H and "
+                               f"W at least 1, got {images.dtype} {list(images.shape)}")
         if images.dtype.kind != "f":
             raise RequestError(f"images must be float32 in [-1, 1], got {images.dtype}")
         self.check_batch(images.shape[0])
@@ -176,8 +176,9 @@ class FirstStage:
         """codes int64 [B, h, w] -> the decoder's raw output float32 [B, C, h*f, w*f], decoded
         in tiles of `tile` latent positions (or the largest that fits max_memory bytes)."""
         codes = self.check_codes(codes, "tokens")
-        if codes.ndim != 3:
-            raise RequestError(f"tokens must be [B, h, w], got shape {list(codes.shape)}")
+        if codes.ndim != 3 or 0 in codes.shape:
+            raise RequestError(f"tokens must be [B, h, w] with B, h and w at least 1, got shape "
+                               f"{list(codes.shape)}")
         self.check_batch(codes.shape[0])
         self.check_latent(codes.shape[1], codes.shape[2])
         return self._decoder.decode(codes, tile, max_memory)

@@ -124,7 +124,9 @@ def test_bad_request_values(generator, request_kwargs, expected):
 
 
 @pytest.mark.parametrize("tokens, expected", [
-    (np.zeros(64, np.int64), "tokens must be [B, h, w], got shape [64]"),
+    (np.zeros(64, np.int64), "tokens must be [B, h, w] with B, h and w at least 1, got shape "
+                             "[64]"),
+    (np.zeros((1, 0, 8), np.int64), "got shape [1, 0, 8]"),  # was onnxruntime's Conv error
     (np.full((1, 8, 8), -1), "tokens holds code -1, outside the codebook's [0, 256)"),
     (np.zeros((1, 8, 8), np.float64), "tokens must be integers, got float64"),
 ])

@@ -103,6 +103,9 @@ def test_decode_and_encode_check_their_inputs(generator, golden_refs):
         generator.encode(np.zeros((1, 64, 64, 3), np.float32))
     with pytest.raises(RequestError, match="height 60 is not a multiple"):
         generator.encode(np.zeros((1, 3, 60, 64), np.float32))
+    with pytest.raises(RequestError,
+                       match=r"with B, H and W at least 1, got float32 \[1, 3, 0, 0\]"):
+        generator.encode(np.zeros((1, 3, 0, 0), np.float32))
     with pytest.raises(RequestError, match="images hold NaN or infinite values"):
         generator.encode(np.full((1, 3, 64, 64), np.nan, np.float32))
     pixels = np.full((1, 3, 64, 64), 255, np.float32)  # 0..255, not from_pixels' [-1, 1]

@@ -599,8 +599,8 @@ def _add_runtime_parsers(commands) -> None:
         description="Sample image tokens with the bundle's transformer and decode them. A "
                     "batch is written as one PNG grid (ceil(sqrt(B)) columns, row-major, no "
                     "gutter), or as one PNG per row where -o's file name holds {i} (the row: "
-                    "-o 'out-{i}.png'). Row i samples with seed S + i, so a row's tokens are the same "
-                    "alone (with --seed S+i) or inside any batch.")
+                    "-o 'out-{i}.png'). Row i samples with seed S + i, so a row's tokens are "
+                    "the same alone (with --seed S+i) or inside any batch.")
     generate.add_argument("bundle", metavar="BUNDLE", help="a bundle directory (vqrt build)")
     generate.add_argument("-o", "--output", required=True, metavar="OUT.png",
                           help="the PNG: a grid of the batch, or one file per row where the "
