@@ -224,7 +224,7 @@ def test_cli_decode_tiles_and_memory_budget(golden_large, tmp_path, capsys):
     capsys.readouterr()
     for option, message in ((["--max-memory", "100K"], "over --max-memory 100 KiB"),
                             (["--max-memory", "lots"], "--max-memory must be a positive size"),
-                            (["--tile", "0"], "tile must be at least 1")):
+                            (["--tile", "0"], "tile must be an integer of at least 1")):
         refused = tmp_path / "refused.png"
         assert main(["decode", str(golden_large), "--tokens", str(tokens), "-o", str(refused),
                      *option]) == 2
