@@ -112,6 +112,8 @@ def test_encode_npy_and_png(golden_bundle, golden_refs, tmp_path, capsys):
      "--size must be WIDTHxHEIGHT"),
     (["generate", "{b}", "-o", "{d}/out.jpg", "--class", "1"], "must end in .png"),
     (["decode", "{b}", "--tokens", "{d}/missing.npy", "-o", "{o}"], "missing.npy: no such file"),
+    (["generate", "{b}", "-o", "{o}", "--class", "1.5"],  # argparse's, without its usage block
+     "argument --class: invalid int value: '1.5' (see vqrt generate --help)"),
 ])
 def test_errors_are_one_line_and_leave_no_file(golden_bundle, tmp_path, capsys, argv, expected):
     fill = dict(b=golden_bundle, o=tmp_path / "out.png", d=tmp_path)

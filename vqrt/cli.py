@@ -3,7 +3,8 @@
 One function per subcommand (`run_<name>(args) -> int`), registered in `build_parser`. Expected
 user errors (a missing file, a file that is not a checkpoint, a config that does not match the
 weights, a missing optional dependency) are raised as CommandError and printed as one line,
-`vqrt: error: <message>`, with exit code 2; `--debug` prints the traceback as well. So is an
+`vqrt: error: <message>`, with exit code 2 (so are argparse's usage errors, without the usage
+block); `--debug` prints the traceback as well. So is an
 OSError for a full disk, a quota, a read-only file system or a file the user may not read or
 write. Anything else is a bug and keeps its traceback. A TERM (timeout, docker stop, a CI
 cancel) is handled as a Ctrl-C: what was being written is cleaned up, exit 143. A reader that
@@ -44,6 +45,14 @@ _TRAIN_EXTRA_MODULES = ("torch", "yaml", "safetensors", "numpy", "PIL", "tqdm", 
 
 class CommandError(Exception):
     """An expected failure with a one-line message for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error (the usage block is what --help is
+    for); the subcommands' parsers are of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"vqrt: error: {message} (see {self.prog} --help)\n")
 
 
 class Terminated(KeyboardInterrupt):
@@ -691,7 +700,7 @@ def _add_bench_parser(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vqrt", description="Compiled inference for VQGAN + transformer image generators.")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of errors")
