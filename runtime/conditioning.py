@@ -19,7 +19,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from vqrt.runtime.bundle import Bundle
-from vqrt.runtime.first_stage import vqgan_graph
+from vqrt.runtime.first_stage import finite_bounds, vqgan_graph
 from vqrt.runtime.params import RequestError
 from vqrt.runtime.tensorrt_backend import TensorRTGraphs
 
@@ -144,9 +144,7 @@ class Conditioner:
                 or 0 in cond.shape):
             raise RequestError(f"cond must be float32 [B, {channels}, H, W] ({what}) with B, H "
                                f"and W at least 1, got {cond.dtype} {list(cond.shape)}")
-        # min and max, not isfinite: no temporary the size of a megapixel one-hot map.
-        if not (np.isfinite(cond.min()) and np.isfinite(cond.max())):
-            raise RequestError(f"cond holds NaN or infinite values ({what})")
+        finite_bounds(cond, f"cond holds NaN or infinite values ({what})")
         _, _, h, w = cond.shape
         if (image_size is not None and self.conditioning.cond_resize is None
                 and (h, w) != tuple(image_size)):

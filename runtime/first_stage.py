@@ -56,6 +56,15 @@ def vqgan_graph(bundle: Bundle, name: str, outputs: Sequence[str],
                     spec=bundle.manifest.graphs[name])
 
 
+def finite_bounds(values: np.ndarray, refusal: str) -> Tuple[float, float]:
+    """(min, max) of a non-empty array; a RequestError(refusal) where it holds NaN or an
+    infinity (min and max, not isfinite: no temporary the size of a megapixel one-hot map)."""
+    low, high = float(values.min()), float(values.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise RequestError(refusal)
+    return low, high
+
+
 class FirstStage:
     """The encoder and the tiled decoder of one bundle (read-only, shared across threads).
     Images always decode through the tiled decoder (runtime/tiled_decode.py), the one decoding
@@ -97,10 +106,17 @@ class FirstStage:
                                f"(split the request, or rebuild with `vqrt build --max-batch "
                                f"{batch}`)")
 
-    def check_latent(self, h: int, w: int) -> None:
+    def check_latent(self, h: int, w: int, asked: bool = True) -> None:
+        """asked: the size was asked for; else it is the default, the training size (a bundle
+        built with --max-size below it)."""
         max_h, max_w = self.limits.max_latent
         if h > max_h or w > max_w:
             f = self.factor
+            if not asked:
+                raise RequestError(f"no size was asked for, and the default, the training size "
+                                   f"{w * f}x{h * f}, exceeds the bundle's largest "
+                                   f"{max_w * f}x{max_h * f}: ask for a size within it "
+                                   f"(--size WxH, or params.size)")
             raise RequestError(f"requested {w * f}x{h * f} pixels (latent {h}x{w}) exceeds the "
                                f"bundle's largest {max_w * f}x{max_h * f} (latent {max_h}x"
                                f"{max_w}); rebuild with `vqrt build --max-size WxH` for more")
@@ -110,12 +126,7 @@ class FirstStage:
         f = self.factor
         if size is None:
             h, w = self.bundle.manifest.first_stage.training_grid
-            max_h, max_w = self.limits.max_latent
-            if h > max_h or w > max_w:  # a bundle built with --max-size below the training size
-                raise RequestError(f"no size was asked for, and the default, the training size "
-                                   f"{w * f}x{h * f}, exceeds the bundle's largest "
-                                   f"{max_w * f}x{max_h * f}: ask for a size within it "
-                                   f"(--size WxH, or params.size)")
+            self.check_latent(h, w, asked=False)
             return h, w
         for side, value in zip(("width", "height"), size):
             if value % f:
@@ -153,9 +164,7 @@ class FirstStage:
         self.check_batch(images.shape[0])
         self.latent_grid((images.shape[3], images.shape[2]))
         images = np.ascontiguousarray(images, dtype=np.float32)
-        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise RequestError("images hold NaN or infinite values")
+        low, high = finite_bounds(images, "images hold NaN or infinite values")
         # Most often 0..255 pixels for [-1, 1], which would encode to nonsense.
         least, most = self.bundle.manifest.first_stage.value_range
         slack = IMAGE_RANGE_SLACK * (most - least)

@@ -120,8 +120,7 @@ class Generation:
         # this step runs; the step then finishes on its own reference and no further one starts.
         decoding = self._decoding
         if self._failed is not None:
-            raise RequestError(f"this generation failed after image token {self._count - 1} "
-                               f"({self._failed}): start a new one")
+            raise self._failure("start a new one")
         if decoding is None:
             raise RequestError("this generation is cancelled" if self._cancelled
                                else "this generation is done: call result()")
@@ -148,6 +147,10 @@ class Generation:
             self._decoding = None
             self._generator._states.give_back(self.batch, decoding.state)
         return token
+
+    def _failure(self, then: str) -> RequestError:
+        return RequestError(f"this generation failed after image token {self._count - 1} "
+                            f"({self._failed}): {then}")
 
     def _sample(self, decoding: Decoding) -> np.ndarray:
         """The next token of every row, int64 [B]: the CPU sampler over the logits the decoding
@@ -193,8 +196,7 @@ class Generation:
         """The finished tokens [B, h, w] and, unless start(decode=False), their images (decoded
         now)."""
         if self._failed is not None:
-            raise RequestError(f"this generation failed after image token {self._count - 1} "
-                               f"({self._failed}): no result (its tokens are in .tokens)")
+            raise self._failure("no result (its tokens are in .tokens)")
         if self._cancelled:
             raise RequestError(f"this generation was cancelled after {self._count} of "
                                f"{self.total} tokens: no result (its tokens are in .tokens)")

@@ -86,7 +86,7 @@ def open_session(path: Path, providers: Tuple[str, ...], device: str, num_thread
 
 
 # The manifest's dtype names as ONNX Runtime reports a tensor's type.
-_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
               "int32": "tensor(int32)", "uint8": "tensor(uint8)"}
 
 
@@ -96,7 +96,7 @@ def check_interface(session: ort.InferenceSession, spec: GraphSpec, path: Path) 
         return ", ".join(f"{name} {kind}" for name, kind in sorted(tensors.items()))
 
     def expected(specs: Tuple[TensorSpec, ...]) -> Dict[str, str]:
-        return {t.name: _ORT_TYPES.get(t.dtype, t.dtype) for t in specs}
+        return {t.name: ORT_TYPES.get(t.dtype, t.dtype) for t in specs}
 
     found_in = {i.name: i.type for i in session.get_inputs()}
     found_out = {o.name: o.type for o in session.get_outputs()}

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vqrt.runtime.bundle import REBUILD, Bundle, BundleError, KVCacheSpec
-from vqrt.runtime.onnx_sessions import CPU_PROVIDER, open_session, runs_on_cuda
+from vqrt.runtime.onnx_sessions import CPU_PROVIDER, ORT_TYPES, open_session, runs_on_cuda
 
 
 class OrtTransformerGraphs:
@@ -57,7 +57,7 @@ class OrtTransformerGraphs:
         against each other, not against the graphs)."""
         kv = self.kv_spec
         vocab = bundle.manifest.transformer.vocab_size
-        element = {"float32": "tensor(float)", "float16": "tensor(float16)"}[kv.dtype]
+        element = ORT_TYPES[kv.dtype]
         for name in ("transformer_prefill", "transformer_step"):
             session = getattr(self, name.split("_")[1])
             inputs = {i.name: i for i in session.get_inputs()}
